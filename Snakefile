@@ -1,0 +1,38 @@
+# circuitflow: Hugging Face causal LM -> MLP activations -> transcoders -> attribution graphs.
+# Targets only; every rule lives in rules/<stage>.smk and calls one library function.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/model.smk"
+include: "rules/dataset.smk"
+include: "rules/activations.smk"
+include: "rules/transcoders.smk"
+include: "rules/attribution.smk"
+
+
+rule all:
+    default_target: True
+    localrule: True
+    input:
+        "results/graphs",
+
+
+rule activations:
+    localrule: True
+    input:
+        rules.cache_activations.output,
+
+
+rule transcoders:
+    localrule: True
+    input:
+        rules.write_transcoder_set.output,

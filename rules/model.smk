@@ -1,0 +1,17 @@
+rule prepare_model:
+    output:
+        directory(MODEL_DIR),
+    params:
+        model=config["model"],
+    log:
+        f"{RESULTS}/logs/prepare_model.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_model.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/prepare_model.py"

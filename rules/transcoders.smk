@@ -1,0 +1,45 @@
+rule train_transcoder:
+    input:
+        shard=f"{RESULTS}/activations/layer_{{layer}}.parquet",
+    output:
+        weights=f"{RESULTS}/transcoders/layer_{{layer}}.safetensors",
+        metrics=f"{RESULTS}/transcoders/layer_{{layer}}.metrics.json",
+    params:
+        transcoder=config["transcoder"],
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/train_transcoder/layer_{{layer}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_transcoder/layer_{{layer}}.tsv"
+    # One thread per job: several layers train side by side without oversubscribing cores.
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=60,
+        gpu=1,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/train_transcoder.py"
+
+
+rule write_transcoder_set:
+    input:
+        model=MODEL_DIR,
+        weights=transcoder_weights(),
+    output:
+        config=f"{RESULTS}/transcoders/config.yaml",
+    params:
+        layers=LAYERS,
+        scan=config["attribution"]["scan"],
+    log:
+        f"{RESULTS}/logs/write_transcoder_set.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/write_transcoder_set.py"

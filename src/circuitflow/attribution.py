@@ -1,0 +1,160 @@
+"""attribution: one circuit-tracer attribution graph per prompt, on the local model + transcoders.
+
+Uses circuit-tracer 0.5.0's `ReplacementModel`, `attribute()`, `compute_graph_scores` and
+`create_graph_files`, float32 on CPU. Known 0.5.0 issues handled here:
+
+- error nodes got ids ``0_{layer}_{pos}`` that collide with layer-0 feature nodes (issue #78);
+  `patch_error_node_ids` applies the upstream fix (``{layer}_-1_{pos}``) before graphs are written;
+- the TransformerLens backend rejects local folders and ignores Llama's ``rope_theta``
+  (SmolLM2 uses 100000), so the default backend is nnsight, which loads the local folder with
+  transformers itself;
+- prompts are passed as token ids that already start with BOS, so circuit-tracer's BOS-id-0
+  lookup bug never applies;
+- `create_graph_files` needs an output path with a directory part: absolute paths are used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from circuitflow.io import atomic_path, write_json
+from circuitflow.prompts import Prompt, read_prompt_text, tokenize_prompt
+
+log = logging.getLogger("circuitflow.attribution")
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    backend: str = "nnsight"
+    max_n_logits: int = 10
+    desired_logit_prob: float = 0.95
+    batch_size: int = 128
+    max_feature_nodes: int | None = 2000
+    node_threshold: float = 0.8
+    edge_threshold: float = 0.98
+    drop_last_token_as_target: bool = True
+    scan: str | None = None
+    device: str = "cpu"
+
+
+def patch_error_node_ids() -> None:
+    """Give error nodes ids that cannot collide with feature ids (upstream fix of #78)."""
+    from circuit_tracer.frontend import graph_models
+
+    def error_node(cls, layer, pos, influence=None):
+        return cls(node_id=f"{layer}_-1_{pos}", feature=-1, layer=str(layer), ctx_idx=pos,
+                   feature_type="mlp reconstruction error", jsNodeId=f"{layer}_-1-{pos}",
+                   influence=influence)
+
+    graph_models.Node.error_node = classmethod(error_node)
+
+
+def load_replacement_model(model_dir: str | Path, transcoder_config: str | Path, backend: str = "nnsight",
+                           device: str = "cpu"):
+    from circuit_tracer import ReplacementModel
+
+    from circuitflow.transcoder import load_transcoder_set
+
+    model_dir = Path(model_dir).resolve()
+    d_model = json.loads((model_dir / "config.json").read_text())["hidden_size"]
+    transcoders = load_transcoder_set(transcoder_config, d_model=d_model)
+    return ReplacementModel.from_pretrained_and_transcoders(
+        str(model_dir), transcoders, backend=backend, device=torch.device(device), dtype=torch.float32)
+
+
+def next_token_probabilities(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """The model's next-token distribution (the replacement model is exact at its output)."""
+    hf_model = getattr(model, "_model", model)
+    with torch.no_grad():
+        logits = hf_model(input_ids[None]).logits[0, -1]
+    return logits.float().softmax(-1).cpu()
+
+
+def attribute_prompt(prompt: Prompt, model, tokenizer, settings: AttributionSettings,
+                     out_graph: str | Path, out_metadata: str | Path, out_scores: str | Path) -> dict:
+    """Attribute one prompt and write its pruned graph JSON, metadata entry and scores."""
+    from circuit_tracer import attribute
+    from circuit_tracer.graph import compute_graph_scores
+    from circuit_tracer.utils.create_graph_files import create_graph_files
+
+    patch_error_node_ids()
+    input_ids = torch.tensor(prompt.input_ids, dtype=torch.long, device=settings.device)
+    started = time.perf_counter()
+    graph = attribute(input_ids, model, max_n_logits=settings.max_n_logits,
+                      desired_logit_prob=settings.desired_logit_prob, batch_size=settings.batch_size,
+                      max_feature_nodes=settings.max_feature_nodes, verbose=True)
+    attribution_seconds = time.perf_counter() - started
+    replacement, completeness = compute_graph_scores(graph)
+    probabilities = next_token_probabilities(model, input_ids)
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"graph-{prompt.slug}-") as tmp:
+        tmp = Path(tmp).resolve()
+        create_graph_files(graph, prompt.slug, str(tmp), scan=settings.scan,
+                           node_threshold=settings.node_threshold, edge_threshold=settings.edge_threshold)
+        written = json.loads((tmp / f"{prompt.slug}.json").read_text())
+        entries = json.loads((tmp / "graph-metadata.json").read_text())["graphs"]
+        with atomic_path(out_graph) as out:
+            (tmp / f"{prompt.slug}.json").replace(out)
+    write_json(out_metadata, next(e for e in entries if e["slug"] == prompt.slug))
+    files_seconds = time.perf_counter() - started
+
+    targets = [
+        {"token": t.token_str, "id": int(t.vocab_idx), "probability": float(p)}
+        for t, p in zip(graph.logit_targets, graph.logit_probabilities)
+    ]
+    target = None
+    if prompt.target_id is not None:
+        ranked = torch.argsort(probabilities, descending=True)
+        target = {
+            "token": prompt.target_token,
+            "id": prompt.target_id,
+            "probability": float(probabilities[prompt.target_id]),
+            "rank": int((ranked == prompt.target_id).nonzero()[0, 0]) + 1,
+            "among_target_logits": any(t["id"] == prompt.target_id for t in targets),
+        }
+    scores = {
+        "slug": prompt.slug,
+        "origin": prompt.origin,
+        "prompt": prompt.text,
+        "input_tokens": [tokenizer.decode([i]) for i in prompt.input_ids],
+        "replacement_score": float(replacement),
+        "completeness_score": float(completeness),
+        "target_logits": targets,
+        "expected_target": target,
+        "active_features": int(graph.active_features.shape[0]),
+        "selected_features": int(graph.selected_features.shape[0]),
+        "pruned_nodes": len(written["nodes"]),
+        "pruned_links": len(written["links"]),
+        "seconds": {"attribution": attribution_seconds, "graph_files": files_seconds},
+    }
+    write_json(out_scores, scores)
+    log.info("%s: replacement %.3f, completeness %.3f, %d nodes, top logit %r (p=%.3f), %.1fs",
+             prompt.slug, replacement, completeness, scores["pruned_nodes"], targets[0]["token"],
+             targets[0]["probability"], attribution_seconds)
+    return scores
+
+
+def attribute_prompt_file(origin: str, slug: str, model_dir: str | Path, transcoder_config: str | Path,
+                          settings: AttributionSettings, out_graph, out_metadata, out_scores,
+                          inline_prompts: dict[str, str] | None = None) -> dict:
+    """Rule entry point: read and check the prompt first (cheap), then load models and attribute."""
+    from circuitflow.model import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    prompt = tokenize_prompt(slug, origin, read_prompt_text(origin, inline_prompts), tokenizer,
+                             settings.drop_last_token_as_target, config.get("max_position_embeddings"))
+    log.info("prompt %s: %d tokens, target %r", origin, len(prompt.input_ids), prompt.target_token)
+    started = time.perf_counter()
+    model = load_replacement_model(model_dir, transcoder_config, settings.backend, settings.device)
+    log.info("loaded replacement model in %.1fs", time.perf_counter() - started)
+    scores = attribute_prompt(prompt, model, tokenizer, settings, out_graph, out_metadata, out_scores)
+    return scores

@@ -1,0 +1,67 @@
+"""Small file helpers shared by every stage: atomic writes, hashing, JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path that replaces `final` only if the block succeeds.
+
+    An interrupted or failing job therefore never leaves a half-written `final` that a later
+    run could trust. Works for files and for directories.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> None:
+    """Write JSON atomically (finite floats only: NaN is a bug, not a value)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=indent, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tree(folder: str | os.PathLike) -> dict[str, str]:
+    """sha256 of every regular file below `folder`, keyed by relative path, sorted."""
+    folder = Path(folder)
+    return {
+        str(p.relative_to(folder)): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

@@ -1,0 +1,68 @@
+"""Logging for workflow scripts: everything (imports included) goes to the rule's log file."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+
+def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> logging.Logger:
+    """Send the `circuitflow` logger, warnings and stderr to `log_path` (or keep stderr)."""
+    if log_path:
+        sys.stderr = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    logging.captureWarnings(True)
+    return logging.getLogger("circuitflow")
+
+
+def start_job(log_path: str | None, threads: int = 1) -> logging.Logger:
+    """First call of every workflow script: log to the rule's log file, cap torch threads."""
+    logger = setup_logging(log_path)
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    return logger
+
+
+def pick_device(name: str) -> str:
+    """`auto` -> cuda when a GPU is visible, else cpu."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was requested but torch sees no CUDA device")
+    return name
+
+
+class Progress:
+    """Progress lines for log files (a tqdm bar is unreadable once redirected to a file)."""
+
+    def __init__(self, logger: logging.Logger, what: str, total: int, unit: str, every_s: float = 10.0):
+        self.logger, self.what, self.total, self.unit, self.every_s = logger, what, total, unit, every_s
+        self.start = self.last = time.perf_counter()
+        self.done = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.every_s or self.done >= self.total:
+            self.last = now
+            elapsed = now - self.start
+            rate = self.done / elapsed if elapsed > 0 else 0.0
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            self.logger.info(
+                "%s: %d/%d %s (%.0f%%), %.1f %s/s, elapsed %.0fs, eta %.0fs",
+                self.what, self.done, self.total, self.unit,
+                100.0 * self.done / max(self.total, 1), rate, self.unit, elapsed, eta,
+            )
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

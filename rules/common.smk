@@ -14,6 +14,12 @@ wildcard_constraints:
     slug=r"[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
+def dataset_input():
+    """A local corpus file is an input, so editing it reruns the dataset (hub ids are not files)."""
+    source = config["dataset"]["source"]
+    return [] if source.startswith("hf:") else [source]
+
+
 def shard_paths():
     return {layer: f"{RESULTS}/activations/layer_{layer}.parquet" for layer in LAYERS}
 

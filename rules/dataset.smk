@@ -1,6 +1,7 @@
 rule prepare_dataset:
     input:
         model=MODEL_DIR,
+        source=dataset_input(),
     output:
         train=f"{RESULTS}/dataset/train.parquet",
         validation=f"{RESULTS}/dataset/validation.parquet",

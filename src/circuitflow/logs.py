@@ -10,7 +10,7 @@ import time
 def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> logging.Logger:
     """Send the `circuitflow` logger, warnings and stderr to `log_path` (or keep stderr)."""
     if log_path:
-        sys.stderr = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        sys.stderr = open(log_path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115
     logging.basicConfig(
         stream=sys.stderr,
         level=level,

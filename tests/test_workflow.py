@@ -151,7 +151,6 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
                                         "attribute_prompt": 2, "graphs": 1, "total": 5}
     assert layer0.stat().st_mtime_ns == before[layer0] and shard1.stat().st_mtime_ns == before[shard1]
     assert layer1.stat().st_mtime_ns != before[layer1]
-    # same seed, same data: the retrained layer is byte-identical
     assert "Nothing to be done" in snakemake(tmp_path, "-n", "--configfile", "tiny.yaml", "results/graphs/").stdout
 
 

@@ -45,12 +45,12 @@ TRAINABLE = ("topk", "relu")
 class TrainSettings:
     n_features: int = 2048
     activation: str = "topk"
-    k: int = 16
-    skip_connection: bool = False
-    steps: int = 400
+    k: int = 32
+    skip_connection: bool = True
+    steps: int = 300
     batch_size: int = 1024
-    lr: float = 1e-3
-    warmup_steps: int = 40
+    lr: float = 5e-3
+    warmup_steps: int = 20
     final_lr_fraction: float = 0.0
     auxk_alpha: float = 1 / 32
     dead_tokens: int = 100_000
@@ -227,24 +227,35 @@ def topk_forward(model: Transcoder, x: torch.Tensor):
 
 def auxk_loss(model: Transcoder, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
     """AuxK: let the top-k_aux dead latents reconstruct the residual error, reviving them."""
-    n_dead = int(dead.sum())
-    k_aux = min(model.d_model // 2, n_dead)
+    dead_ids = dead.nonzero().squeeze(-1)
+    k_aux = min(model.d_model // 2, dead_ids.numel())
     if k_aux == 0:
         return pre.new_zeros(())
-    masked = pre.masked_fill(~dead, float("-inf"))
-    values, indices = torch.topk(masked, k_aux, dim=-1)
-    recon = F.embedding_bag(indices, model.W_dec, per_sample_weights=F.relu(values), mode="sum")
-    scale = min(n_dead / k_aux, 1.0)
+    values, picked = torch.topk(pre[:, dead_ids], k_aux, dim=-1)
+    recon = F.embedding_bag(dead_ids[picked], model.W_dec, per_sample_weights=F.relu(values), mode="sum")
+    scale = min(dead_ids.numel() / k_aux, 1.0)
     return scale * fvu(residual, recon)
 
 
 def _init_from_data(model: Transcoder, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> None:
-    d = model.d_model
+    """Start each feature at one training token: encoder row = its centred input direction,
+    decoder row = its centred output direction. Random directions leave most latents never
+    selected by TopK (the inputs live near a low-dimensional subspace), so they die at once."""
+    x_centred, y_centred = x - x.mean(0), y - y.mean(0)
+    picks = torch.randint(0, x.shape[0], (model.n_features,), generator=generator)
+    noise = torch.randn(model.n_features, model.d_model, generator=generator) * 1e-3
     with torch.no_grad():
-        model.W_enc.uniform_(-1 / math.sqrt(d), 1 / math.sqrt(d), generator=generator)
-        model.W_dec.copy_(F.normalize(model.W_enc, dim=-1))
+        model.W_enc.copy_(F.normalize(x_centred[picks] + noise, dim=-1))
+        model.W_dec.copy_(F.normalize(y_centred[picks] + noise, dim=-1))
         model.b_dec.copy_(y.mean(0))
         model.b_enc.copy_(-(x.mean(0) @ model.W_enc.T))
+        # Both activations are positively homogeneous, so scaling the encoder scales the
+        # output: pick the least-squares scale so training starts near the data's magnitude.
+        predicted = model.encode(x) @ model.W_dec
+        scale = float((y_centred * predicted).sum() / (predicted * predicted).sum().clamp_min(1e-12))
+        if scale > 0:
+            model.W_enc.mul_(scale)
+            model.b_enc.mul_(scale)
 
 
 def _lr_factor(step: int, settings: TrainSettings) -> float:
@@ -324,7 +335,7 @@ def train_transcoder(shard_path: str | Path, layer: int, settings: TrainSettings
         with torch.no_grad():
             model.W_dec.copy_(F.normalize(model.W_dec, dim=-1))
         if step % max(settings.steps // 20, 1) == 0 or step == settings.steps - 1:
-            curve.append({"step": step, "fvu": float(loss_fvu), "aux": float(aux),
+            curve.append({"step": step, "fvu": float(loss_fvu.detach()), "aux": float(aux.detach()),
                           "dead": int((tokens_since_fired >= settings.dead_tokens).sum())})
         progress.update(1)
 

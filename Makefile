@@ -6,8 +6,10 @@ PYTHON ?= python3
 VENV ?= .venv
 CORES ?= 8
 BIN := $(VENV)/bin
+# The offline viewer's JavaScript libraries (pinned in frontend/package-lock.json); needs npm.
+FRONTEND_DEPS := frontend/node_modules/.package-lock.json
 
-.PHONY: setup pipeline test serve clean
+.PHONY: setup pipeline test serve browser clean
 
 setup: $(VENV)/.installed
 
@@ -24,11 +26,20 @@ $(VENV)/.installed: pyproject.toml
 pipeline: setup
 	$(BIN)/snakemake --cores $(CORES) results/graphs/
 
-test: setup
+test: setup $(FRONTEND_DEPS) browser
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
-serve:
-	$(BIN)/circuit-tracer start-server --graph_file_dir results/graphs --port 8041
+$(FRONTEND_DEPS): frontend/package.json frontend/package-lock.json
+	npm ci --prefix frontend --no-audit --no-fund
+
+# Headless Chromium for the in-browser test of the viewer (Debian's package; needs root).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	  echo "chromium not installed: the in-browser test will be skipped"
+
+serve: setup $(FRONTEND_DEPS)
+	$(BIN)/circuitflow-serve --graph_dir results/graphs --port 8041
 
 clean:
 	rm -rf results .snakemake

@@ -16,6 +16,7 @@ include: "rules/model.smk"
 include: "rules/dataset.smk"
 include: "rules/activations.smk"
 include: "rules/transcoders.smk"
+include: "rules/features.smk"
 include: "rules/attribution.smk"
 
 
@@ -24,6 +25,8 @@ rule all:
     localrule: True
     input:
         "results/graphs",
+        rules.pack_features.output,
+        rules.collect_neurons.output.metadata,
 
 
 rule activations:
@@ -36,3 +39,10 @@ rule transcoders:
     localrule: True
     input:
         rules.write_transcoder_set.output,
+
+
+rule features:
+    localrule: True
+    input:
+        rules.pack_features.output,
+        rules.collect_neurons.output.metadata,

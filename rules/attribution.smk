@@ -34,6 +34,7 @@ rule graphs:
         graphs=per_prompt(".json"),
         metadata=per_prompt(".metadata.json"),
         scores=per_prompt(".scores.json"),
+        features=rules.collect_features.output.features,
     output:
         directory("results/graphs"),
     params:

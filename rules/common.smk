@@ -1,10 +1,17 @@
 # Parse-time facts and getters shared by the rule files (functions only, no rules).
-from circuitflow.workflow import model_folder, prompt_origins, resolve_layers
+from circuitflow.workflow import (
+    collect_settings,
+    model_folder,
+    prompt_origins,
+    resolve_feature_layers,
+    resolve_layers,
+)
 
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
 MODEL_DIR = model_folder(config)
 LAYERS = resolve_layers(config)
+FEATURE_LAYERS = resolve_feature_layers(config, LAYERS)
 PROMPTS = prompt_origins(config)
 ENV = "../envs/circuitflow.yaml"
 

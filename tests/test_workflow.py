@@ -3,11 +3,14 @@ an end-to-end run of the tiny config with a single-layer rerun."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -53,8 +56,10 @@ def test_default_dry_run(default_checkout):
     counts = job_counts(result.stdout)
     prompts = len(list((ROOT / "config" / "prompts").glob("*.txt")))
     assert counts == {"prepare_model": 1, "prepare_dataset": 1, "cache_activations": 1,
-                      "train_transcoder": 30, "write_transcoder_set": 1, "attribute_prompt": prompts,
-                      "graphs": 1, "total": 35 + prompts}
+                      "train_transcoder": 30, "write_transcoder_set": 1, "collect_features": 1,
+                      "attribute_prompt": prompts, "graphs": 1, "total": 36 + prompts}
+    everything = job_counts(snakemake(default_checkout, "-n").stdout)  # the default target, `all`
+    assert everything["collect_neurons"] == everything["pack_features"] == 1
 
 
 def test_slurm_profile_dry_run(default_checkout):
@@ -116,6 +121,49 @@ def test_env_file_pins_match_pyproject():
     assert "-e .." in pip_section
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.status == 200, url
+        body = response.read()
+        if response.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        return body
+
+
+def check_served_like_a_user(graph_dir: Path, slug: str) -> None:
+    """circuit-tracer 0.5.0's own server on loopback: page, graph, metadata, a node's features."""
+    from circuit_tracer.frontend.local_server import serve
+
+    port = free_port()
+    server = serve(data_dir=str(graph_dir), port=port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert b"<title>Attribution Graphs</title>" in fetch(f"{base}/index.html")
+        metadata = json.loads(fetch(f"{base}/data/graph-metadata.json"))
+        assert slug in {g["slug"] for g in metadata["graphs"]}
+        graph = json.loads(fetch(f"{base}/graph_data/{slug}.json"))
+        scan = graph["metadata"]["scan"]
+        assert scan.startswith("./")  # 0.5.0's only local route: GET {scan}/{feature}.json
+        features = [n for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder"]
+        served = 0
+        for node in features:
+            if not (graph_dir / "features" / f"{node['feature']}.json").exists():
+                continue  # fired on the prompt but never on the validation split
+            data = json.loads(fetch(f"{base}/{scan[2:]}/{node['feature']}.json"))
+            assert data["index"] == node["feature"] and str(data["layer"]) == node["layer"]
+            assert data["examples_quantiles"][0]["quantile_name"] == "Top activations"
+            served += 1
+        assert served >= len(features) // 2 > 0
+    finally:
+        server.stop()
+
+
 @pytest.mark.slow
 def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
     copy_workflow(tmp_path)
@@ -139,6 +187,7 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
         assert 0 <= scores[slug]["replacement_score"] <= 1 and 0 <= scores[slug]["completeness_score"] <= 1
     assert scores["france-capital"]["expected_target"]["token"] == " Paris"
     assert (tmp_path / "results/tiny/transcoders/config.yaml").is_file()
+    check_served_like_a_user(graphs, "france-capital")
 
     # Rerun one layer: only it and what depends on it run again.
     layer0 = tmp_path / "results/tiny/transcoders/layer_0.safetensors"
@@ -148,7 +197,8 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
     rerun = snakemake(tmp_path, "--cores", "2", "--configfile", "tiny.yaml", "results/graphs/",
                       "--forcerun", "results/tiny/transcoders/layer_1.safetensors")
     assert job_counts(rerun.stdout) == {"train_transcoder": 1, "write_transcoder_set": 1,
-                                        "attribute_prompt": 2, "graphs": 1, "total": 5}
+                                        "collect_features": 1, "attribute_prompt": 2, "graphs": 1,
+                                        "total": 6}
     assert layer0.stat().st_mtime_ns == before[layer0] and shard1.stat().st_mtime_ns == before[shard1]
     assert layer1.stat().st_mtime_ns != before[layer1]
     assert "Nothing to be done" in snakemake(tmp_path, "-n", "--configfile", "tiny.yaml", "results/graphs/").stdout

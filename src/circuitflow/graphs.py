@@ -1,13 +1,16 @@
 """graphs: assemble per-prompt graphs into one folder that circuit-tracer's server reads.
 
 ``results/graphs/`` holds ``{slug}.json`` for every prompt, ``graph-metadata.json`` (the index
-the frontend lists) and ``graph-scores.json`` (replacement/completeness scores and target
-logits per prompt). Serve it with
+the frontend lists), ``graph-scores.json`` (replacement/completeness scores and target logits
+per prompt) and ``features/<cantor id>.json`` for every feature node of those graphs. Graphs
+carry ``scan: ./data/features``, which circuit-tracer 0.5.0's frontend resolves to
+``/data/features/<id>.json``, served from ``<graph dir>/features/``. Serve it with
 ``circuit-tracer start-server --graph_file_dir results/graphs --port 8041``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,20 +20,47 @@ from circuitflow.io import atomic_path, read_json, write_json
 
 log = logging.getLogger("circuitflow.graphs")
 
+FEATURE_NODE = "cross layer transcoder"  # circuit-tracer's feature_type for PLT and CLT nodes
+
+
+def _link_or_copy(src: str | Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def graph_feature_ids(graph_path: str | Path) -> set[int]:
+    """Cantor ids of the feature nodes of a graph JSON."""
+    graph = json.loads(Path(graph_path).read_text())
+    return {int(node["feature"]) for node in graph["nodes"] if node.get("feature_type") == FEATURE_NODE}
+
 
 def assemble_graphs(graphs: dict[str, str], metadata: dict[str, str], scores: dict[str, str],
-                    out_dir: str | Path) -> list[str]:
-    """Copy (hard-link when possible) each slug's graph into `out_dir` with merged indexes."""
+                    out_dir: str | Path, feature_dir: str | Path | None = None) -> dict:
+    """Hard-link (or copy) each slug's graph and its features' example files into `out_dir`."""
     slugs = sorted(graphs)
+    needed: set[int] = set()
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         for slug in slugs:
-            target = tmp / f"{slug}.json"
-            try:
-                os.link(graphs[slug], target)
-            except OSError:
-                shutil.copyfile(graphs[slug], target)
+            _link_or_copy(graphs[slug], tmp / f"{slug}.json")
+            needed |= graph_feature_ids(graphs[slug])
         write_json(tmp / "graph-metadata.json", {"graphs": [read_json(metadata[s]) for s in slugs]})
         write_json(tmp / "graph-scores.json", {s: read_json(scores[s]) for s in slugs})
-    log.info("assembled %d graphs into %s: %s", len(slugs), out_dir, ", ".join(slugs))
-    return slugs
+        missing = []
+        if feature_dir is not None:
+            (tmp / "features").mkdir()
+            for feature_id in sorted(needed):
+                source = Path(feature_dir) / f"{feature_id}.json"
+                if source.is_file():
+                    _link_or_copy(source, tmp / "features" / source.name)
+                else:
+                    missing.append(feature_id)
+    if missing:
+        # A feature can fire on a prompt but never on the validation split: it has no examples.
+        log.warning("%d of %d graph features never fired on the validation split and have no "
+                    "example file: %s", len(missing), len(needed), missing[:20])
+    log.info("assembled %d graphs with %d feature files into %s: %s", len(slugs),
+             len(needed) - len(missing), out_dir, ", ".join(slugs))
+    return {"graphs": slugs, "features": len(needed) - len(missing), "features_without_examples": missing}

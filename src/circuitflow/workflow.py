@@ -36,3 +36,24 @@ def resolve_layers(config: dict) -> list[int]:
 def prompt_origins(config: dict) -> dict[str, str]:
     attribution = config["attribution"]
     return discover_prompts(attribution.get("prompts_dir"), attribution.get("prompts"))
+
+
+def resolve_feature_layers(config: dict, transcoder_layers: list[int]) -> list[int]:
+    """`features.layers`, each of which must have a transcoder (a layer of `activations.layers`)."""
+    from circuitflow.features import FeatureRequestError
+
+    wanted = config["features"]["layers"]
+    if wanted == "all":
+        return list(transcoder_layers)
+    missing = sorted(set(wanted) - set(transcoder_layers))
+    if missing:
+        raise FeatureRequestError(
+            f"features.layers {missing} have no transcoder: transcoders are trained for "
+            f"activations.layers {transcoder_layers}")
+    return sorted(set(wanted))
+
+
+def collect_settings(config: dict, layers: list[int]) -> dict:
+    """The `CollectSettings` fields taken from the config (a plain dict for Snakemake params)."""
+    return {**config["features"], "layers": list(layers), "n_neurons": config["neurons"]["n_per_layer"],
+            "seed": config["seed"], "model_dtype": config["model"]["dtype"]}

@@ -1,0 +1,87 @@
+"""Benchmark: pipeline throughput against a bare `model(...)` forward on the same batches.
+
+    python benchmarks/throughput.py [--run smollm2-135m] [--windows 64] [--batch-size 8]
+
+Uses the default run's outputs (model folder, dataset splits, transcoders): run the pipeline
+first. All timings use the same windows, batch size and thread count; the bare forward is the
+full model with its LM head (what a user would call).
+
+- cache_activations (train split, every layer, parquet writing included): goal >= 0.9x;
+- collect_features (validation split, every layer's transcoder, top-k/quantile/reservoir
+  tracking included; JSON writing excluded): goal >= 0.7x.
+
+Prints tokens/s for each and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from circuitflow.activations import CacheSettings, cache_activations
+from circuitflow.features import CollectSettings, collect_features
+from circuitflow.model import load_model
+
+
+def bare_forward(model, tokens: list[list[int]], batch_size: int) -> float:
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(tokens), batch_size):
+            model(input_ids=torch.tensor(tokens[start:start + batch_size]), use_cache=False)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", default="resources/models/smollm2-135m-instruct")
+    parser.add_argument("--run", default="smollm2-135m", help="results/<run>/ of the pipeline")
+    parser.add_argument("--windows", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    results = Path("results") / args.run
+    model, _ = load_model(args.model_dir)
+    n_layers = model.config.num_hidden_layers
+    layers = tuple(range(n_layers))
+    print(f"model: {args.model_dir} ({n_layers} layers), {args.windows} windows, batch {args.batch_size}, "
+          f"{args.threads} threads, best of {args.repeats}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for split, label, goal in (("train", "cache_activations", 0.9), ("validation", "collect_features", 0.7)):
+            table = pq.read_table(results / "dataset" / f"{split}.parquet").slice(0, args.windows)
+            tokens = table.column("tokens").to_pylist()
+            n_tokens = len(tokens) * (len(tokens[0]) - 1)  # BOS positions are not used
+            subset = tmp / f"{split}.parquet"
+            pq.write_table(table, subset)
+            bare_forward(model, tokens[: args.batch_size], args.batch_size)  # warm-up
+            bare, timed = [], []
+            for _ in range(args.repeats):  # interleaved, best of each
+                bare.append(bare_forward(model, tokens, args.batch_size))
+                if label == "cache_activations":
+                    shards = {layer: str(tmp / f"layer_{layer}.parquet") for layer in layers}
+                    manifest = cache_activations(args.model_dir, subset, shards, tmp / "manifest.json",
+                                                 CacheSettings(layers=layers, batch_size=args.batch_size))
+                    timed.append(manifest["seconds"])
+                else:
+                    meta = collect_features(args.model_dir, results / "transcoders" / "config.yaml", subset,
+                                            CollectSettings(layers=layers, batch_size=args.batch_size),
+                                            tmp / "features", tmp / "features.json", "benchmark")
+                    timed.append(meta["seconds"]["collect"])
+            bare_rate, rate = n_tokens / min(bare), n_tokens / min(timed)
+            print(f"[{label}] {n_tokens} tokens of the {split} split")
+            print(f"  bare model(...) forward : {bare_rate:8.1f} tokens/s")
+            print(f"  {label:<24}: {rate:8.1f} tokens/s")
+            print(f"  ratio                   : {rate / bare_rate:8.3f}  (goal >= {goal})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+rule collect_features:
+    input:
+        model=MODEL_DIR,
+        validation=rules.prepare_dataset.output.validation,
+        transcoders=rules.write_transcoder_set.output.config,
+        weights=transcoder_weights(),
+    output:
+        features=directory(f"{RESULTS}/features/json"),
+        metadata=f"{RESULTS}/features/feature_metadata.json",
+    params:
+        settings=collect_settings(config, FEATURE_LAYERS),
+        transcoder_id=f"{RUN}-transcoders",
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/collect_features.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/collect_features.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/collect_features.py"
+
+
+rule collect_neurons:
+    input:
+        model=MODEL_DIR,
+        validation=rules.prepare_dataset.output.validation,
+    output:
+        features=directory(f"{RESULTS}/neurons/json"),
+        metadata=f"{RESULTS}/neurons/feature_metadata.json",
+    params:
+        settings=collect_settings(config, FEATURE_LAYERS),
+        transcoder_id=f"{RUN}-neurons",
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/collect_neurons.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/collect_neurons.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/collect_neurons.py"
+
+
+# circuit-tracer's packed binary (index.json.gz + layer_{L}.bin): the `features/` folder of a
+# Hugging Face repo, read by the frontend with Range requests.
+rule pack_features:
+    input:
+        features=rules.collect_features.output.features,
+        transcoders=rules.write_transcoder_set.output.config,
+    output:
+        directory(f"{RESULTS}/features/packed"),
+    log:
+        f"{RESULTS}/logs/pack_features.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pack_features.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/pack_features.py"

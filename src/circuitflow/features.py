@@ -1,0 +1,567 @@
+"""collect_features / collect_neurons: each feature's activating examples, for the viewer.
+
+One pass of the model over the validation split. At every requested layer the MLP input is
+encoded by that layer's transcoder (or, for the neuron baseline, the input of the MLP's
+output projection is read for a seeded sample of neurons), and per feature we keep:
+
+- counts (overall and per domain) for ``activation_frequency`` and ``feature_metadata.json``;
+- a fine log-spaced histogram of positive activations, from which ``quantile_values`` (the
+  1st..100th percentiles) and the frontend's ``histogram`` (bins over [act_min, act_max]) are
+  derived at the end;
+- the top activations (oversampled, so near-identical windows can be dropped at the end);
+- a seeded uniform sample per power-of-two activation band (for the quantile groups);
+- a seeded reservoir sample of all firing events ("Random samples").
+
+Every sample keeps its context window's activations, captured when it enters, so no second
+pass is needed. All state is a fixed size per feature (slots x context), independent of the
+number of tokens: memory is bounded by ``features x slots x window``, not by the data.
+
+Each live feature becomes ``<cantor(layer, feature)>.json`` in circuit-tracer's schema (see
+``feature_json``); ``feature_metadata.json`` holds run-level counts (the seed's schema).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from circuitflow.io import atomic_path, write_json
+from circuitflow.logs import Progress
+from circuitflow.pack import cantor
+
+log = logging.getLogger("circuitflow.features")
+
+# Fine histogram: geometric bins over [1e-4, 1e4) (about 2.3 % wide), plus under/overflow.
+HIST_LOW, HIST_HIGH, HIST_BINS = 1e-4, 1e4, 800
+N_BANDS = 16  # power-of-two activation bands for the quantile samples: 2^-8 .. 2^7
+
+
+class FeatureRequestError(ValueError):
+    """The features request does not fit the transcoders or the model."""
+
+
+@dataclass(frozen=True)
+class CollectSettings:
+    layers: tuple[int, ...]
+    batch_size: int = 8
+    top_k: int = 10
+    context_before: int = 16
+    context_after: int = 4
+    dedupe: bool = True
+    n_quantiles: int = 3
+    examples_per_quantile: int = 3
+    n_random: int = 5
+    n_logits: int = 10
+    histogram_bins: int = 40
+    n_neurons: int = 256
+    seed: int = 0
+    device: str = "cpu"
+    model_dtype: str = "float32"
+
+    @property
+    def window(self) -> int:
+        return self.context_before + 1 + self.context_after
+
+
+# --------------------------------------------------------------------------- streaming state
+
+
+class TopSlots:
+    """For each of G groups keep the `slots` entries with the largest keys, streaming.
+
+    Entries carry an activation value, the token they sit on (window index, position) and
+    the feature's activations over the surrounding context window.
+    """
+
+    def __init__(self, groups: int, slots: int, window: int):
+        self.slots = slots
+        self.keys = torch.full((groups, slots), -math.inf)
+        self.values = torch.zeros(groups, slots)
+        self.seq = torch.full((groups, slots), -1, dtype=torch.int32)
+        self.pos = torch.zeros(groups, slots, dtype=torch.int32)
+        self.context = torch.zeros(groups, slots, window, dtype=torch.float16)
+
+    def offer(self, group: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              seq: torch.Tensor, pos: torch.Tensor, context_of) -> None:
+        # Cheap prefilter: an event must beat its group's current minimum (kept in the last slot).
+        keep = key > self.keys[group, -1]
+        if not keep.any():
+            return
+        group, key, value, seq, pos = group[keep], key[keep], value[keep], seq[keep], pos[keep]
+        context = context_of(keep.nonzero().squeeze(-1))
+        touched, inverse = torch.unique(group, return_inverse=True)
+        n = len(touched)
+        cand_group = torch.cat([torch.arange(n).repeat_interleave(self.slots), inverse])
+        cand_key = torch.cat([self.keys[touched].reshape(-1), key])
+        cand_value = torch.cat([self.values[touched].reshape(-1), value])
+        cand_seq = torch.cat([self.seq[touched].reshape(-1), seq])
+        cand_pos = torch.cat([self.pos[touched].reshape(-1), pos])
+        cand_context = torch.cat([self.context[touched].reshape(-1, self.context.shape[-1]), context])
+        # sort by group, then key descending (two stable sorts)
+        order = torch.argsort(cand_key, descending=True, stable=True)
+        order = order[torch.argsort(cand_group[order], stable=True)]
+        sorted_group = cand_group[order]
+        first = torch.searchsorted(sorted_group, torch.arange(n))
+        rank = torch.arange(len(order)) - first[sorted_group]
+        chosen = order[rank < self.slots]
+        rows = touched[cand_group[chosen]]
+        cols = rank[rank < self.slots]
+        self.keys[rows, cols] = cand_key[chosen]
+        self.values[rows, cols] = cand_value[chosen]
+        self.seq[rows, cols] = cand_seq[chosen]
+        self.pos[rows, cols] = cand_pos[chosen]
+        self.context[rows, cols] = cand_context[chosen]
+
+
+class LayerStats:
+    """Everything kept for one layer's features while streaming."""
+
+    def __init__(self, n_features: int, n_domains: int, settings: CollectSettings):
+        self.n_features = n_features
+        self.counts = torch.zeros(n_domains, n_features, dtype=torch.long)
+        self.histogram = torch.zeros(n_features, HIST_BINS + 2, dtype=torch.int32)
+        self.top = TopSlots(n_features, settings.top_k * (3 if settings.dedupe else 1), settings.window)
+        self.bands = TopSlots(n_features * N_BANDS, settings.examples_per_quantile, settings.window)
+        self.random = TopSlots(n_features, settings.n_random, settings.window)
+
+
+def _hist_bin(values: torch.Tensor) -> torch.Tensor:
+    scaled = (torch.log(values) - math.log(HIST_LOW)) / (math.log(HIST_HIGH) - math.log(HIST_LOW))
+    return (scaled * HIST_BINS).floor().clamp(-1, HIST_BINS).long() + 1
+
+
+def _band(values: torch.Tensor) -> torch.Tensor:
+    return (torch.floor(torch.log2(values)) + 8).clamp(0, N_BANDS - 1).long()
+
+
+def update_layer(stats: LayerStats, acts: torch.Tensor, seqs: torch.Tensor, domains: torch.Tensor,
+                 settings: CollectSettings, generator: torch.Generator) -> None:
+    """Fold one batch of activations [windows, positions, features] into the layer's stats.
+
+    Position 0 (BOS) has zero activations by construction.
+    """
+    n_windows, n_pos, n_features = acts.shape
+    window_idx, pos, feature = (acts > 0).nonzero(as_tuple=True)
+    if not len(feature):
+        return
+    values = acts[window_idx, pos, feature]
+    domain = domains[window_idx]
+    stats.counts.view(-1).index_add_(0, domain * n_features + feature, torch.ones_like(feature))
+    flat_bins = feature * (HIST_BINS + 2) + _hist_bin(values)
+    stats.histogram.view(-1).index_add_(0, flat_bins, torch.ones_like(flat_bins, dtype=torch.int32))
+
+    offsets = torch.arange(-settings.context_before, settings.context_after + 1)
+
+    def context_of(events: torch.Tensor) -> torch.Tensor:
+        w, p, f = window_idx[events], pos[events], feature[events]
+        positions = p[:, None] + offsets[None, :]
+        inside = (positions >= 0) & (positions < n_pos)
+        gathered = acts[w[:, None], positions.clamp(0, n_pos - 1), f[:, None]]
+        return torch.where(inside, gathered, torch.full_like(gathered, float("nan"))).half()
+
+    seq = seqs[window_idx]
+    pos32 = pos.int()
+    stats.top.offer(feature, values, values, seq, pos32, context_of)
+    random_keys = torch.rand(len(values), generator=generator)
+    stats.random.offer(feature, random_keys, values, seq, pos32, context_of)
+    band_keys = torch.rand(len(values), generator=generator)
+    stats.bands.offer(feature * N_BANDS + _band(values), band_keys, values, seq, pos32, context_of)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class TranscoderSource:
+    """Features of a layer's transcoder, read from the MLP input (circuit-tracer's mlp.hook_in)."""
+
+    kind = "transcoder"
+
+    def __init__(self, transcoder, layer: int, transcoder_id: str):
+        self.transcoder, self.layer, self.transcoder_id = transcoder, layer, transcoder_id
+        self.n_features = transcoder.n_features
+        self.feature_ids = np.arange(self.n_features)
+
+    def hooked_module(self, block):
+        return block.mlp
+
+    @torch.no_grad()
+    def encode(self, mlp_input: torch.Tensor) -> torch.Tensor:
+        return self.transcoder.encode(mlp_input.float())
+
+    def output_directions(self) -> torch.Tensor:
+        return self.transcoder.W_dec.detach().float()
+
+
+class NeuronSource:
+    """A seeded sample of MLP neurons: the input of the MLP's output projection."""
+
+    kind = "neuron"
+    OUTPUT_PROJECTIONS = ("down_proj", "c_proj", "fc2", "dense_4h_to_h")
+
+    def __init__(self, block, layer: int, n_neurons: int, seed: int, transcoder_id: str):
+        self.projection_name = next((n for n in self.OUTPUT_PROJECTIONS if hasattr(block.mlp, n)), None)
+        if self.projection_name is None:
+            raise FeatureRequestError(
+                f"layer {layer}: cannot find the MLP output projection (looked for {self.OUTPUT_PROJECTIONS})")
+        projection = getattr(block.mlp, self.projection_name)
+        weight = projection.weight.detach().float()
+        # nn.Linear stores [d_model, d_mlp]; GPT-2's Conv1D stores [d_mlp, d_model]
+        columns = weight.T if type(projection).__name__ != "Conv1D" else weight
+        d_mlp = columns.shape[0]
+        rng = np.random.default_rng([seed, layer])
+        self.feature_ids = np.sort(rng.choice(d_mlp, size=min(n_neurons, d_mlp), replace=False))
+        self.index = torch.from_numpy(self.feature_ids)
+        self.directions = columns[self.index]
+        self.layer, self.transcoder_id = layer, transcoder_id
+        self.n_features = len(self.feature_ids)
+
+    def hooked_module(self, block):
+        return getattr(block.mlp, self.projection_name)
+
+    @torch.no_grad()
+    def encode(self, projection_input: torch.Tensor) -> torch.Tensor:
+        return projection_input.float()[..., self.index]
+
+    def output_directions(self) -> torch.Tensor:
+        return self.directions
+
+
+class _InputRecorder:
+    """Forward pre-hooks that capture each source's module input; the forward stops early."""
+
+    class Stop(Exception):
+        pass
+
+    def __init__(self, model, sources: dict[int, object]):
+        from circuitflow.activations import decoder_layers
+
+        blocks = decoder_layers(model)
+        self.captured: dict[int, torch.Tensor] = {}
+        last = max(sources)
+        self.handles = [
+            source.hooked_module(blocks[layer]).register_forward_pre_hook(self._hook(layer, layer == last))
+            for layer, source in sources.items()
+        ]
+
+    def _hook(self, layer: int, is_last: bool):
+        def hook(module, inputs):
+            self.captured[layer] = inputs[0].detach()
+            if is_last:
+                raise self.Stop
+        return hook
+
+    def run(self, model, input_ids: torch.Tensor) -> dict[int, torch.Tensor]:
+        self.captured = {}
+        try:
+            model(input_ids=input_ids, use_cache=False)
+        except self.Stop:
+            pass
+        return self.captured
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+# --------------------------------------------------------------------------- export
+
+
+def logit_lens(model, directions: torch.Tensor, n_logits: int) -> tuple[torch.Tensor, ...]:
+    """Top/bottom vocabulary logits of output directions [F, d_model] through the unembedding.
+
+    The final norm is applied the way it acts on a residual direction: its per-dimension gain
+    (and, for LayerNorm, mean removal); the per-token normalising scale is positive and leaves
+    the ranking unchanged.
+    """
+    unembed = model.get_output_embeddings().weight.detach().float()  # [vocab, d_model]
+    norm = _final_norm(model)
+    d = directions
+    if isinstance(norm, torch.nn.LayerNorm):
+        d = d - d.mean(-1, keepdim=True)
+    if norm is not None and getattr(norm, "weight", None) is not None:
+        gain = norm.weight.detach().float()
+        if "Gemma" in type(norm).__name__:  # Gemma's RMSNorm scales by (1 + weight)
+            gain = 1 + gain
+        d = d * gain
+    tops, bottoms = [], []
+    for chunk in torch.split(d, 1024):
+        logits = chunk @ unembed.T
+        tops.append(torch.topk(logits, n_logits, dim=-1))
+        bottoms.append(torch.topk(logits, n_logits, dim=-1, largest=False))
+    return (torch.cat([t.values for t in tops]), torch.cat([t.indices for t in tops]),
+            torch.cat([b.values for b in bottoms]), torch.cat([b.indices for b in bottoms]))
+
+
+def _final_norm(model):
+    base = getattr(model, model.base_model_prefix, model)
+    for name in ("norm", "ln_f", "final_layernorm", "final_layer_norm"):
+        if hasattr(base, name):
+            return getattr(base, name)
+    return None
+
+
+def _quantiles_from_histogram(hist: np.ndarray) -> np.ndarray:
+    """The 1st..100th percentiles of the positive activations, from the fine histogram."""
+    edges = np.geomspace(HIST_LOW, HIST_HIGH, HIST_BINS + 1)
+    lower = np.concatenate([[0.0], edges])
+    upper = np.concatenate([edges, [edges[-1] * 10]])
+    cumulative = np.cumsum(hist)
+    total = cumulative[-1]
+    targets = total * np.arange(1, 101) / 100
+    idx = np.searchsorted(cumulative, targets, side="left").clip(0, len(hist) - 1)
+    before = np.where(idx > 0, cumulative[idx - 1], 0)
+    within = (targets - before) / np.maximum(hist[idx], 1)
+    return lower[idx] + within * (upper[idx] - lower[idx])
+
+
+def _linear_histogram(hist: np.ndarray, act_max: float, bins: int) -> list[int]:
+    """Re-bin the fine histogram into `bins` equal bins over [0, act_max] (bin centres)."""
+    edges = np.geomspace(HIST_LOW, HIST_HIGH, HIST_BINS + 1)
+    centres = np.concatenate([[HIST_LOW / 2], np.sqrt(edges[:-1] * edges[1:]), [edges[-1]]])
+    target = np.minimum((centres / max(act_max, 1e-12) * bins).astype(int), bins - 1)
+    out = np.zeros(bins, dtype=np.int64)
+    np.add.at(out, target, hist)
+    return out.tolist()
+
+
+@dataclass
+class Example:
+    value: float
+    seq: int
+    pos: int
+    context: np.ndarray  # the feature's activations over the window (NaN outside the window)
+
+
+def _examples(slots: TopSlots, row: int) -> list[Example]:
+    keep = torch.isfinite(slots.keys[row])
+    return [Example(float(v), int(s), int(p), c.float().numpy())
+            for v, s, p, c in zip(slots.values[row][keep], slots.seq[row][keep], slots.pos[row][keep],
+                                  slots.context[row][keep])]
+
+
+def _overlaps(a: Example, b: Example, settings: CollectSettings) -> bool:
+    return a.seq == b.seq and abs(a.pos - b.pos) <= settings.window // 2
+
+
+def _render(example: Example, tokens: np.ndarray, token_text, settings: CollectSettings,
+            repeated: bool = False) -> dict:
+    inside = ~np.isnan(example.context)
+    start = example.pos - settings.context_before
+    ids = [int(tokens[example.seq][start + i]) for i in np.flatnonzero(inside)]
+    acts = [round(float(a), 3) for a in example.context[inside]]
+    centre = int(settings.context_before - np.argmax(inside))
+    acts[centre] = round(example.value, 3)  # the context is stored in float16; the peak is exact
+    return {
+        "tokens": [token_text(t) for t in ids],
+        "tokens_acts_list": acts,
+        "train_token_ind": centre,
+        "is_repeated_datapoint": repeated,
+    }
+
+
+def feature_json(stats: LayerStats, row: int, source, layer: int, tokens: np.ndarray, token_text,
+                 logits: tuple, settings: CollectSettings, total_tokens: int, seq_to_row: dict) -> dict:
+    """One feature's file in circuit-tracer's schema (plus value fields the seed lacked)."""
+    top = sorted(_examples(stats.top, row), key=lambda e: (-e.value, e.seq, e.pos))
+    picked: list[Example] = []
+    repeated: list[bool] = []
+    for example in top:
+        duplicate = any(_overlaps(example, other, settings) for other in picked)
+        if duplicate and settings.dedupe:
+            continue
+        picked.append(example)
+        repeated.append(duplicate)
+        if len(picked) == settings.top_k:
+            break
+    hist = stats.histogram[row].numpy().astype(np.int64)
+    quantile_values = _quantiles_from_histogram(hist)
+    act_max = max(e.value for e in top)
+    rows = lambda examples, rep=None: [  # noqa: E731
+        _render(e, tokens, token_text, settings, (rep or [False] * len(examples))[i])
+        for i, e in enumerate(examples)]
+    groups = [{"quantile_name": "Top activations", "examples": rows(
+        [Example(e.value, seq_to_row[e.seq], e.pos, e.context) for e in picked], repeated)}]
+
+    band_examples = [e for b in range(N_BANDS) for e in _examples(stats.bands, row * N_BANDS + b)]
+    bounds = [0.0] + [float(quantile_values[int(100 * q / settings.n_quantiles) - 1])
+                      for q in range(1, settings.n_quantiles + 1)]
+    bounds[-1] = math.inf
+    for q in reversed(range(settings.n_quantiles)):
+        low, high = bounds[q], bounds[q + 1]
+        members = sorted((e for e in band_examples if low <= e.value < high), key=lambda e: (-e.value, e.seq, e.pos))
+        if len(members) > settings.examples_per_quantile:  # spread over the range, deterministic
+            idx = np.linspace(0, len(members) - 1, settings.examples_per_quantile).round().astype(int)
+            members = [members[i] for i in idx]
+        if members:
+            upper = act_max if math.isinf(high) else high
+            groups.append({
+                "quantile_name": f"Quantile {100 * q // settings.n_quantiles}-{100 * (q + 1) // settings.n_quantiles}% "
+                                 f"(activation {low:.2f}-{upper:.2f})",
+                "examples": rows([Example(e.value, seq_to_row[e.seq], e.pos, e.context) for e in members]),
+            })
+    randoms = sorted(_examples(stats.random, row), key=lambda e: (e.seq, e.pos))
+    groups.append({"quantile_name": "Random samples", "examples": rows(
+        [Example(e.value, seq_to_row[e.seq], e.pos, e.context) for e in randoms])})
+
+    all_acts = [a for g in groups for ex in g["examples"] for a in ex["tokens_acts_list"]]
+    top_values, top_ids, bottom_values, bottom_ids = (t[row] for t in logits)
+    feature = int(source.feature_ids[row])
+    count = int(stats.counts[:, row].sum())
+    data = {
+        "index": cantor(layer, feature),
+        "layer": layer,
+        "feature": feature,
+        "transcoder_id": f"{source.transcoder_id}/{layer}",
+        "act_min": float(min(all_acts + [0.0])),
+        "act_max": float(act_max),
+        "activation_frequency": count / total_tokens,
+        "activation_count": count,
+        "top_logits": [token_text(int(i)) for i in top_ids],
+        "bottom_logits": [token_text(int(i)) for i in bottom_ids],
+        "top_logits_values": [round(float(v), 4) for v in top_values],
+        "bottom_logits_values": [round(float(v), 4) for v in bottom_values],
+        "quantile_values": [round(float(v), 4) for v in quantile_values],
+        "histogram": _linear_histogram(hist, act_max, settings.histogram_bins),
+        "examples_quantiles": groups,
+    }
+    if source.kind == "neuron":
+        data["is_neuron"] = True
+    return data
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def collect(model_dir: str | Path, validation_split: str | Path, sources_for, settings: CollectSettings,
+            out_dir: str | Path, out_metadata: str | Path, transcoder_id: str) -> dict:
+    """Stream the validation split through the model and write one JSON per live feature."""
+    from circuitflow.dataset import read_windows
+    from circuitflow.model import load_model
+
+    model, tokenizer = load_model(model_dir, settings.model_dtype)
+    model.to(settings.device)
+    sources = sources_for(model)
+    windows = read_windows(validation_split)
+    tokens = np.asarray(windows.column("tokens").to_pylist(), dtype=np.int32)
+    seqs = torch.from_numpy(windows.column("seq").to_numpy().astype(np.int32))
+    domain_names = sorted(set(windows.column("domain").to_pylist()))
+    domains = torch.tensor([domain_names.index(d) for d in windows.column("domain").to_pylist()])
+    seq_to_row = {int(s): i for i, s in enumerate(seqs.tolist())}
+    n_windows, context = tokens.shape
+    total_tokens = n_windows * (context - 1)
+    stats = {layer: LayerStats(source.n_features, len(domain_names), settings) for layer, source in sources.items()}
+    generator = torch.Generator().manual_seed(settings.seed)
+    recorder = _InputRecorder(model, sources)
+    progress = Progress(log, f"collect {transcoder_id}", total_tokens, "tokens")
+    log.info("collecting %s over %d windows x %d tokens, layers %s", transcoder_id, n_windows, context - 1,
+             list(sources))
+    forward_seconds = 0.0
+    with torch.inference_mode():
+        for start in range(0, n_windows, settings.batch_size):
+            stop = min(start + settings.batch_size, n_windows)
+            ids = torch.from_numpy(tokens[start:stop]).long().to(settings.device)
+            began = time.perf_counter()
+            captured = recorder.run(model, ids)
+            forward_seconds += time.perf_counter() - began
+            for layer, source in sources.items():
+                acts = source.encode(captured[layer].cpu())
+                acts[:, 0] = 0  # BOS: circuit-tracer never attributes position 0
+                update_layer(stats[layer], acts, seqs[start:stop], domains[start:stop], settings, generator)
+            progress.update((stop - start) * (context - 1))
+    recorder.close()
+    collect_seconds = progress.seconds
+
+    token_cache: dict[int, str] = {}
+
+    def token_text(token_id: int) -> str:
+        if token_id not in token_cache:
+            token_cache[token_id] = tokenizer.decode([token_id])
+        return token_cache[token_id]
+
+    tokens_per_domain = {
+        name: int((domains == i).sum()) * (context - 1) for i, name in enumerate(domain_names)}
+    metadata = {"total_tokens": total_tokens, "tokens_per_domain": tokens_per_domain,
+                "kind": next(iter(sources.values())).kind, "transcoder_id": transcoder_id,
+                "dead_features_per_layer": {}, "features": []}
+    started = time.perf_counter()
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for layer, source in sources.items():
+            layer_stats = stats[layer]
+            logits = logit_lens(model, source.output_directions().to(settings.device), settings.n_logits)
+            logits = tuple(t.cpu() for t in logits)
+            counts = layer_stats.counts.sum(0)
+            live = torch.nonzero(counts > 0).squeeze(-1).tolist()
+            metadata["dead_features_per_layer"][str(layer)] = int(source.n_features - len(live))
+            for row in live:
+                data = feature_json(layer_stats, row, source, layer, tokens, token_text, logits, settings,
+                                    total_tokens, seq_to_row)
+                (tmp / f"{data['index']}.json").write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+                per_domain = layer_stats.counts[:, row]
+                count = int(per_domain.sum())
+                metadata["features"].append({
+                    "layer": layer, "feature": data["feature"], "cantor_id": data["index"],
+                    "activation_count": count, "activation_freq": count / total_tokens,
+                    "domain_density": {n: int(per_domain[i]) / max(tokens_per_domain[n], 1)
+                                       for i, n in enumerate(domain_names) if per_domain[i] > 0},
+                    "domain_fraction": {n: int(per_domain[i]) / count
+                                        for i, n in enumerate(domain_names) if per_domain[i] > 0},
+                })
+            log.info("layer %d: %d live, %d dead features written", layer, len(live),
+                     source.n_features - len(live))
+    metadata["seconds"] = {"collect": collect_seconds, "forward": forward_seconds,
+                           "write": time.perf_counter() - started}
+    metadata["tokens_per_second"] = total_tokens / collect_seconds
+    write_json(out_metadata, metadata, indent=None)
+    log.info("%s: %d live features from %d tokens in %.1fs (%.0f tokens/s; forward alone %.1fs)",
+             transcoder_id, len(metadata["features"]), total_tokens, collect_seconds,
+             metadata["tokens_per_second"], forward_seconds)
+    return metadata
+
+
+def collect_features(model_dir, transcoder_config, validation_split, settings: CollectSettings,
+                     out_dir, out_metadata, transcoder_id: str) -> dict:
+    """Transcoder features of `settings.layers` (each must have a transcoder in the set)."""
+    import yaml
+
+    from circuitflow.transcoder import load_transcoder
+
+    config_path = Path(transcoder_config)
+    config = yaml.safe_load(config_path.read_text())
+    available = len(config["transcoders"])
+    missing = [layer for layer in settings.layers if not 0 <= layer < available]
+    if missing:
+        raise FeatureRequestError(
+            f"features requested for layer(s) {missing}, but {config_path} has transcoders for layers "
+            f"0..{available - 1} only")
+    d_model = json.loads((Path(model_dir) / "config.json").read_text())["hidden_size"]
+    transcoders = {}
+    for layer in settings.layers:
+        transcoder = load_transcoder(config_path.parent / config["transcoders"][layer])
+        if transcoder.d_model != d_model:
+            raise FeatureRequestError(
+                f"transcoder {config['transcoders'][layer]} has d_model {transcoder.d_model}, but the model "
+                f"in {model_dir} has d_model {d_model}")
+        transcoders[layer] = TranscoderSource(transcoder.eval(), layer, transcoder_id)
+    return collect(model_dir, validation_split, lambda model: transcoders, settings, out_dir, out_metadata,
+                   transcoder_id)
+
+
+def collect_neurons(model_dir, validation_split, settings: CollectSettings, out_dir, out_metadata,
+                    transcoder_id: str) -> dict:
+    """The same files for a seeded sample of `settings.n_neurons` MLP neurons per layer."""
+    from circuitflow.activations import decoder_layers
+
+    def sources_for(model):
+        blocks = decoder_layers(model)
+        return {layer: NeuronSource(blocks[layer], layer, settings.n_neurons, settings.seed, transcoder_id)
+                for layer in settings.layers}
+
+    return collect(model_dir, validation_split, sources_for, settings, out_dir, out_metadata, transcoder_id)

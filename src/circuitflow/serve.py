@@ -1,0 +1,655 @@
+"""Serve a folder of circuit-tracer attribution graphs with a viewer that works offline.
+
+circuit-tracer 0.5.0's viewer (``circuit_tracer/frontend/assets``) loads its libraries from
+public CDNs (transformer-circuits.pub and unpkg.com), so a browser without internet shows an
+empty page. This module builds a copy of those packaged assets whose HTML pages load pinned
+npm copies of the libraries instead (``frontend/package.json``, installed into
+``frontend/node_modules`` by ``npm ci --prefix frontend``), and serves it together with a
+graph folder::
+
+    /index.html?slug=<slug>      the viewer (circuit-tracer's assets, CDN scripts replaced)
+    /vendor/...                  the vendored scripts, copied from frontend/node_modules + shims
+    /data/<rel>, /graph_data/<rel>
+                                 files of the graph folder (``<slug>.json``,
+                                 ``graph-metadata.json``, ``features/<cantor_id>.json``,
+                                 ``index.json.gz``, ``layer_{L}.bin``, ...), like circuit-tracer's
+                                 server, plus HEAD, Range requests (206 Partial Content) and
+                                 Last-Modified / If-Modified-Since
+    POST /save_graph/<slug>      writes the UI's ``qParams`` into ``<slug>.json``; only with
+                                 ``allow_save=True`` (``--allow_save``), since the graph folder is
+                                 normally a Snakemake output
+
+CDN script -> replacement (see ``CDN_REPLACEMENTS``):
+
+- ``hotserver-client-ws.js`` (live reload for Anthropic's dev server): dropped.
+- ``d3.js`` (d3 v7: listeners get ``(event, d)``; uses ``d3.sort``, ``d3.pointer``, ``d3.group``):
+  ``d3@7.9.0`` ``dist/d3.min.js``.
+- ``jetpack_2024-07-20.js`` (``selection.append('div.class')``, ``.at``, ``.st``, ``.translate``,
+  ``.appendMany``, ``.selectAppend``, ``.parent``, ``d3.conventions``, ``d3.nestBy``,
+  ``d3.clamp``, ``d3.attachTooltip``): ``d3-jetpack@2.3.0`` ``build/d3-jetpack.cjs`` (with
+  ``d3-collection@1.0.7`` for ``d3.nestBy``), loaded on top of d3 v7 by the small loader
+  ``frontend/shims/d3-jetpack-v7-loader.js`` (npm's browser builds of d3-jetpack do not work
+  as plain scripts with d3 v7; the loader's header explains why).
+- ``npy_v0.js`` (``npyjs.parse`` for ``.npy`` files): dropped; no viewer page loads ``.npy``.
+- ``dagre@0.8.5/dist/dagre.min.js`` and ``pako@2.1.0/dist/pako.min.js``: the same files from npm.
+
+Only the standard library is used; circuit-tracer's assets are located without importing
+circuit-tracer (which would import torch).
+
+Usage::
+
+    from circuitflow.serve import serve_graphs
+    server = serve_graphs("results/graphs", port=0)   # port 0: any free port
+    print(server.url)                                  # http://127.0.0.1:<port>/index.html
+    server.stop()
+
+or ``circuitflow-serve --graph_dir results/graphs --port 8041``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.utils
+import gzip
+import http.server
+import importlib.util
+import json
+import logging
+import os
+import posixpath
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "CDN_REPLACEMENTS",
+    "FrontendError",
+    "GraphServer",
+    "build_viewer",
+    "default_frontend_dir",
+    "main",
+    "serve_graphs",
+]
+
+logger = logging.getLogger("circuitflow.serve")
+
+DEFAULT_PORT = 8041
+DEFAULT_HOST = "127.0.0.1"
+VENDOR_PREFIX = "vendor"  # URL folder of the vendored scripts inside the built viewer
+NPM_HINT = "run `npm ci --prefix frontend` in the repository root (Node 20+)"
+FRONTEND_DIR_ENV = "CIRCUITFLOW_FRONTEND_DIR"
+# Large JSON files are sent gzip-compressed when the client accepts it (as circuit-tracer does).
+GZIP_MIN_BYTES = 1024**2
+MAX_SAVE_BYTES = 64 * 1024**2
+
+_CT_LIB = "https://transformer-circuits.pub/2025/attribution-graphs/static_js/lib/"
+# CDN script URL in circuit-tracer 0.5.0's HTML -> files (relative to the frontend folder) that
+# replace it, in load order; an empty tuple drops the script.
+CDN_REPLACEMENTS: dict[str, tuple[str, ...]] = {
+    _CT_LIB + "hotserver-client-ws.js": (),
+    _CT_LIB + "d3.js": ("node_modules/d3/dist/d3.min.js",),
+    _CT_LIB + "jetpack_2024-07-20.js": (
+        "shims/d3-jetpack-v7-loader.js",
+        "node_modules/d3-collection/dist/d3-collection.min.js",
+        "node_modules/d3-jetpack/build/d3-jetpack.cjs",
+    ),
+    _CT_LIB + "npy_v0.js": (),
+    "https://unpkg.com/dagre@0.8.5/dist/dagre.min.js": ("node_modules/dagre/dist/dagre.min.js",),
+    "https://unpkg.com/pako@2.1.0/dist/pako.min.js": ("node_modules/pako/dist/pako.min.js",),
+}
+
+_SCRIPT_TAG = re.compile(
+    r"""<script\b[^>]*?\bsrc\s*=\s*(['"])(?P<src>[^'"]*)\1[^>]*>\s*</script>""", re.IGNORECASE
+)
+_REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//", re.IGNORECASE)
+# A script or stylesheet still loaded from another host (plain <a href> links are fine).
+_REMOTE_REF = re.compile(
+    r"""<(?:script|link)\b[^>]*\b(?:src|href)\s*=\s*(['"])(?:[a-z][a-z0-9+.-]*:)?//""", re.IGNORECASE
+)
+
+_MIME = {
+    ".json": "application/json",
+    ".jsonl": "application/x-ndjson",
+    ".gz": "application/gzip",
+    ".bin": "application/octet-stream",
+    ".npy": "application/octet-stream",
+    ".csv": "text/csv; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".cjs": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+}
+
+
+class FrontendError(RuntimeError):
+    """The vendored frontend libraries or circuit-tracer's viewer assets are missing or wrong."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the offline viewer
+
+
+def circuit_tracer_assets_dir() -> Path:
+    """circuit-tracer's packaged viewer (``circuit_tracer/frontend/assets``).
+
+    Found without importing circuit_tracer, which would import torch."""
+    spec = importlib.util.find_spec("circuit_tracer")
+    if spec is None or not spec.submodule_search_locations:
+        raise FrontendError("circuit-tracer is not installed (pip install circuit-tracer==0.5.0)")
+    for location in spec.submodule_search_locations:
+        assets = Path(location) / "frontend" / "assets"
+        if (assets / "index.html").is_file():
+            return assets
+    raise FrontendError("circuit-tracer's frontend/assets/index.html was not found")
+
+
+def default_frontend_dir() -> Path:
+    """``$CIRCUITFLOW_FRONTEND_DIR``; else ``frontend/`` of the checkout this module lives in
+    (an editable install); else ``./frontend``."""
+    env = os.environ.get(FRONTEND_DIR_ENV)
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[2] / "frontend"
+    if (checkout / "package.json").is_file():
+        return checkout
+    return Path.cwd() / "frontend"
+
+
+def _check_vendor(frontend_dir: Path) -> None:
+    """Every file the viewer needs is there and npm installed the versions package.json pins."""
+    package_json = frontend_dir / "package.json"
+    if not package_json.is_file():
+        raise FrontendError(
+            f"{package_json} not found: pass the repository's frontend/ folder "
+            f"(frontend_vendor_dir=..., --frontend_dir or ${FRONTEND_DIR_ENV})"
+        )
+    node_modules = frontend_dir / "node_modules"
+    if not node_modules.is_dir():
+        raise FrontendError(f"{node_modules} is missing: {NPM_HINT}")
+    pins = json.loads(package_json.read_text(encoding="utf-8")).get("dependencies", {})
+    for rel in sorted({rel for files in CDN_REPLACEMENTS.values() for rel in files}):
+        path = frontend_dir / rel
+        if not path.is_file():
+            raise FrontendError(f"{path} is missing: {NPM_HINT}")
+        parts = Path(rel).parts
+        if parts[0] != "node_modules":
+            continue
+        package = parts[1]
+        manifest = node_modules / package / "package.json"
+        installed = json.loads(manifest.read_text(encoding="utf-8")).get("version")
+        wanted = pins.get(package)
+        if wanted is None:
+            raise FrontendError(f"{package_json} does not pin {package}, which the viewer loads")
+        if installed != wanted:
+            raise FrontendError(
+                f"{package} {installed} is installed but {package_json} pins {wanted}: {NPM_HINT}"
+            )
+
+
+def _rewrite_html(html: str, page: str, vendored: dict[str, str]) -> str:
+    """Replace the CDN ``<script>`` tags of one page; ``page`` is its path in the viewer folder."""
+    page_dir = posixpath.dirname(page)
+
+    def replace(match: re.Match[str]) -> str:
+        src = match.group("src")
+        if not _REMOTE.match(src):
+            return match.group(0)
+        if src not in CDN_REPLACEMENTS:
+            raise FrontendError(
+                f"{page} loads {src}, which circuitflow.serve has no offline copy of "
+                "(a new circuit-tracer version?); add it to CDN_REPLACEMENTS"
+            )
+        files = CDN_REPLACEMENTS[src]
+        name = src.rsplit("/", 1)[-1]
+        if not files:
+            return f"<!-- circuitflow: {name} dropped (not needed offline) -->"
+        tags = []
+        for rel in files:
+            url = posixpath.relpath(vendored[rel], page_dir or ".")
+            if not url.startswith("."):
+                url = "./" + url
+            tags.append(f"<script src='{url}'></script>")
+        return "\n".join(tags)
+
+    out = _SCRIPT_TAG.sub(replace, html)
+    if _REMOTE_REF.search(out):
+        raise FrontendError(f"{page} still references a remote script or stylesheet")
+    return out
+
+
+def build_viewer(dest: str | os.PathLike[str],
+                 frontend_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Write an offline copy of circuit-tracer's viewer into ``dest`` (created or refreshed).
+
+    Copies ``circuit_tracer/frontend/assets``, copies the vendored scripts into
+    ``dest/vendor/`` (``node_modules/<pkg>/...`` -> ``vendor/<pkg>/...``,
+    ``shims/...`` -> ``vendor/shims/...``) and rewrites every HTML page's CDN ``<script>`` tags
+    to load them (relative URLs). The result is plain static files: any static server that
+    also maps ``/data/`` and ``/graph_data/`` to the graph folder can serve it, e.g.
+    ``circuit_tracer.frontend.local_server.serve(graph_dir, frontend_dir=dest)``.
+    """
+    frontend = Path(frontend_dir) if frontend_dir is not None else default_frontend_dir()
+    _check_vendor(frontend)
+    assets = circuit_tracer_assets_dir()
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(assets, dest, dirs_exist_ok=True)
+
+    vendored: dict[str, str] = {}
+    for rel in sorted({rel for files in CDN_REPLACEMENTS.values() for rel in files}):
+        parts = Path(rel).parts
+        inside = parts[1:] if parts[0] == "node_modules" else parts
+        target = posixpath.join(VENDOR_PREFIX, *inside)
+        (dest / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(frontend / rel, dest / target)
+        vendored[rel] = target
+
+    pages = [p for p in dest.rglob("*.html") if p.relative_to(dest).parts[0] != VENDOR_PREFIX]
+    for path in sorted(pages):
+        page = path.relative_to(dest).as_posix()
+        html = path.read_text(encoding="utf-8")
+        path.write_text(_rewrite_html(html, page, vendored), encoding="utf-8")
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+
+
+_BYTES_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
+    """One ``bytes=`` range -> ``(start, end)`` inclusive, ``None`` (send the whole file), or
+    ``"unsatisfiable"`` (416). Multi-range and malformed headers are ignored, as RFC 9110 allows."""
+    if not header:
+        return None
+    match = _BYTES_RANGE.match(header)
+    if not match:
+        return None
+    first, last = match.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":  # suffix range: the last N bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - length), size - 1
+    start = int(first)
+    if last != "" and int(last) < start:
+        return None  # invalid range spec: ignored
+    if start >= size:
+        return "unsatisfiable"
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    return start, end
+
+
+def _mime(path: str) -> str:
+    return _MIME.get(posixpath.splitext(path)[1].lower(), "application/octet-stream")
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files from the built viewer; ``/data/`` and ``/graph_data/`` from the graph folder."""
+
+    protocol_version = "HTTP/1.1"
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **_MIME,
+                      "": "application/octet-stream"}
+
+    _state: _ServerState  # set on the per-server subclass that serve_graphs creates
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, directory=str(self._state.viewer_dir), **kwargs)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (stdlib signature)
+        logger.debug("%s %s", self.address_string(), format % args)
+
+    def log_request(self, code="-", size="-") -> None:
+        try:
+            status = int(getattr(code, "value", code))
+        except (TypeError, ValueError):
+            status = 0
+        self._state.record(self.command, self.path, status)
+        super().log_request(code, size)
+
+    def end_headers(self) -> None:
+        if not self._is_data_request():
+            # The built viewer changes when frontend/ or circuit-tracer changes: revalidate.
+            self.send_header("Cache-Control", "no-cache")
+        super().end_headers()
+
+    def _data_rel(self) -> str | None:
+        path = urllib.parse.urlsplit(self.path).path
+        for prefix in ("/data/", "/graph_data/"):
+            if path.startswith(prefix):
+                return urllib.parse.unquote(path[len(prefix) :])
+        return None
+
+    def _is_data_request(self) -> bool:
+        return self._data_rel() is not None
+
+    def do_GET(self) -> None:
+        rel = self._data_rel()
+        if rel is None:
+            super().do_GET()
+        else:
+            self._send_data(rel, head=False)
+
+    def do_HEAD(self) -> None:
+        rel = self._data_rel()
+        if rel is None:
+            super().do_HEAD()
+        else:
+            self._send_data(rel, head=True)
+
+    def do_POST(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        if not path.startswith("/save_graph/"):
+            self._send_text(404, "not found")
+            return
+        if not self._state.allow_save:
+            self._send_text(403, "saving is disabled; start circuitflow-serve with --allow_save")
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._send_text(411, "Content-Length required")
+            return
+        if length > MAX_SAVE_BYTES:
+            self._send_text(413, "request body too large")
+            return
+        body = self.rfile.read(length)
+        slug = urllib.parse.unquote(path[len("/save_graph/") :])
+        target = self._resolve(f"{slug}.json") if slug and "/" not in slug else None
+        if target is None or not os.path.isfile(target):
+            self._send_text(404, f"no graph {slug!r}")
+            return
+        try:
+            q_params = json.loads(body.decode("utf-8"))["qParams"]
+            with open(target, encoding="utf-8") as f:
+                graph = json.load(f)
+            graph["qParams"] = q_params
+            tmp = f"{target}.tmp-{os.getpid()}-{threading.get_ident()}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(graph, f)
+            os.replace(tmp, target)
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            self._send_text(400, f"could not save {slug!r}: {exc}")
+            return
+        logger.info("saved qParams of %s", target)
+        self._send_text(200, "saved")
+
+    def _start(self, status: int, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def _send_text(self, status: int, text: str, head: bool = False,
+                   extra: dict[str, str] | None = None) -> None:
+        body = (text + "\n").encode("utf-8")
+        headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body))}
+        self._start(status, {**headers, **(extra or {})})
+        if not head:
+            self.wfile.write(body)
+
+    def _resolve(self, rel: str) -> str | None:
+        """``rel`` inside the graph folder, or None if it would leave it (symlinks are followed)."""
+        if "\x00" in rel or "\\" in rel:
+            return None
+        parts = [p for p in rel.split("/") if p not in ("", ".")]
+        if not parts or any(p == ".." for p in parts):
+            return None
+        return os.path.join(self._state.graph_dir, *parts)
+
+    def _send_data(self, rel: str, head: bool) -> None:
+        path = self._resolve(rel)
+        if path is None or not os.path.isfile(path):
+            self._send_text(404, "not found", head=head)
+            return
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            size = st.st_size
+            last_modified = self.date_time_string(int(st.st_mtime))
+            headers = {
+                "Content-Type": _mime(path),
+                "Last-Modified": last_modified,
+                "Accept-Ranges": "bytes",
+                "Cache-Control": "no-cache",  # the pipeline rewrites graph folders: revalidate
+            }
+
+            range_header = self.headers.get("Range")
+            if_range = self.headers.get("If-Range")
+            if range_header and if_range and if_range.strip() != last_modified:
+                range_header = None  # the client's copy is stale: send the whole file
+            byte_range = parse_range(range_header, size)
+
+            if byte_range is None and self._not_modified(st.st_mtime):
+                del headers["Content-Type"]
+                self._start(304, headers)
+                return
+            if byte_range == "unsatisfiable":
+                self._send_text(416, "range not satisfiable", head=head,
+                                extra={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"})
+                return
+            if isinstance(byte_range, tuple):
+                start, end = byte_range
+                headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+                headers["Content-Length"] = str(end - start + 1)
+                self._start(206, headers)
+                if not head:
+                    f.seek(start)
+                    self._copy(f, end - start + 1)
+                return
+
+            # Large JSON (graph files) goes gzip-compressed when the client accepts it, as with
+            # circuit-tracer's server; HEAD answers describe the uncompressed file.
+            wants_gzip = "gzip" in self.headers.get("Accept-Encoding", "").lower()
+            if (not head and wants_gzip and size >= GZIP_MIN_BYTES
+                    and headers["Content-Type"] == "application/json"):
+                body = gzip.compress(f.read(), compresslevel=3)
+                headers.update({"Content-Encoding": "gzip", "Vary": "Accept-Encoding",
+                                "Content-Length": str(len(body))})
+                self._start(200, headers)
+                self.wfile.write(body)
+                return
+
+            headers["Content-Length"] = str(size)
+            self._start(200, headers)
+            if not head:
+                self._copy(f, size)
+
+    def _not_modified(self, mtime: float) -> bool:
+        since = self.headers.get("If-Modified-Since")
+        if not since or self.headers.get("If-None-Match"):
+            return False
+        try:
+            when = email.utils.parsedate_to_datetime(since)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return False
+        if when is None:
+            return False
+        return int(mtime) <= int(when.timestamp())
+
+    def _copy(self, f, length: int) -> None:
+        remaining = length
+        while remaining > 0:
+            chunk = f.read(min(remaining, 1024 * 1024))
+            if not chunk:
+                break
+            self.wfile.write(chunk)
+            remaining -= len(chunk)
+
+
+@dataclass
+class _ServerState:
+    graph_dir: str
+    viewer_dir: Path
+    allow_save: bool
+    requests: list[tuple[str, str, int]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, method: str, path: str, status: int) -> None:
+        with self.lock:
+            self.requests.append((method, path, status))
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _HTTPServerV6(_HTTPServer):
+    address_family = socket.AF_INET6
+
+
+class GraphServer:
+    """A running viewer server (background thread). ``url`` opens the viewer."""
+
+    def __init__(self, httpd: _HTTPServer, thread: threading.Thread, state: _ServerState,
+                 host: str, tmp_dir: Path | None):
+        self._httpd = httpd
+        self._thread = thread
+        self._state = state
+        self._tmp_dir = tmp_dir
+        self._stopped = False
+        self.host = host
+        self.port: int = httpd.server_address[1]
+        url_host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        if ":" in url_host:
+            url_host = f"[{url_host}]"
+        self.base_url = f"http://{url_host}:{self.port}"
+        self.url = f"{self.base_url}/index.html"
+        self.graph_dir = Path(state.graph_dir)
+        self.viewer_dir = state.viewer_dir
+
+    @property
+    def requests(self) -> list[tuple[str, str, int]]:
+        """``(method, path, status)`` of every request answered so far."""
+        with self._state.lock:
+            return list(self._state.requests)
+
+    def stop(self) -> None:
+        """Stop serving, join the thread and remove the temporary viewer copy (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+        if self._tmp_dir is not None:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+
+    def __enter__(self) -> GraphServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"GraphServer({str(self.graph_dir)!r}, url={self.url!r})"
+
+
+def serve_graphs(
+    graph_dir: str | os.PathLike[str],
+    port: int = DEFAULT_PORT,
+    host: str = DEFAULT_HOST,
+    frontend_vendor_dir: str | os.PathLike[str] | None = None,
+    *,
+    viewer_dir: str | os.PathLike[str] | None = None,
+    allow_save: bool = False,
+) -> GraphServer:
+    """Serve ``graph_dir`` and an offline viewer in a background thread; returns at once.
+
+    ``port=0`` picks a free port (see ``.port``/``.url``). ``frontend_vendor_dir`` is the
+    folder with ``package.json``, ``node_modules/`` and ``shims/`` (default: the checkout's
+    ``frontend/`` or ``$CIRCUITFLOW_FRONTEND_DIR``). The viewer is built into ``viewer_dir``
+    when given (kept), else into a temporary folder removed by ``.stop()``. ``allow_save``
+    enables the viewer's Save button (``POST /save_graph/<slug>`` rewrites ``<slug>.json``).
+    """
+    graph_path = Path(graph_dir).resolve()
+    if not graph_path.is_dir():
+        raise FileNotFoundError(f"graph folder {graph_dir} does not exist")
+    if not (graph_path / "graph-metadata.json").is_file():
+        logger.warning("%s has no graph-metadata.json; the viewer will show nothing", graph_path)
+
+    tmp_dir = None
+    if viewer_dir is None:
+        tmp_dir = Path(tempfile.mkdtemp(prefix="circuitflow-viewer-"))
+        built = tmp_dir
+    else:
+        built = Path(viewer_dir)
+    try:
+        build_viewer(built, frontend_vendor_dir)
+        state = _ServerState(graph_dir=str(graph_path), viewer_dir=built.resolve(),
+                             allow_save=allow_save)
+        handler = type("GraphHandler", (_Handler,), {"_state": state})
+        server_cls = _HTTPServerV6 if ":" in host else _HTTPServer
+        httpd = server_cls((host, port), handler)
+    except BaseException:
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    thread = threading.Thread(target=httpd.serve_forever, name="circuitflow-serve", daemon=True)
+    thread.start()
+    server = GraphServer(httpd, thread, state, host, tmp_dir)
+    logger.info("serving %s at %s", graph_path, server.url)
+    return server
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``circuitflow-serve --graph_dir results/graphs --port 8041``: serve until Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="circuitflow-serve",
+        description="Serve circuit-tracer attribution graphs with an offline copy of its viewer.",
+    )
+    parser.add_argument("--graph_dir", "--graph-dir", default="results/graphs",
+                        help="folder with <slug>.json and graph-metadata.json "
+                             "(default: results/graphs)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"default {DEFAULT_PORT}; 0 = any free port")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to bind (default {DEFAULT_HOST})")
+    parser.add_argument("--frontend_dir", "--frontend-dir", default=None,
+                        help="folder with package.json and node_modules/ (default: "
+                             f"${FRONTEND_DIR_ENV}, else the checkout's frontend/, else ./frontend)")
+    parser.add_argument("--viewer_dir", "--viewer-dir", default=None,
+                        help="build the viewer here and keep it (default: a temporary folder)")
+    parser.add_argument("--allow_save", "--allow-save", action="store_true",
+                        help="let the viewer's Save button write qParams into <slug>.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    try:
+        server = serve_graphs(args.graph_dir, port=args.port, host=args.host,
+                              frontend_vendor_dir=args.frontend_dir, viewer_dir=args.viewer_dir,
+                              allow_save=args.allow_save)
+    except (FrontendError, FileNotFoundError, OSError) as exc:
+        print(f"circuitflow-serve: error: {exc}", file=sys.stderr)
+        return 2
+    # SIGTERM (kill, process managers) stops like Ctrl-C, so the temporary viewer is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"Serving {server.graph_dir} at {server.url}  (Ctrl-C stops)", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""collect_features / collect_neurons on the tiny model: schema, exactness, determinism, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from circuitflow.dataset import DatasetSettings, prepare_dataset
+from circuitflow.features import (
+    CollectSettings,
+    FeatureRequestError,
+    TopSlots,
+    collect_features,
+    collect_neurons,
+    logit_lens,
+)
+from circuitflow.model import load_model, load_tokenizer
+from circuitflow.pack import cantor
+from circuitflow.transcoder import Transcoder, load_transcoder, save_transcoder, write_transcoder_set_config
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, tiny_model_dir, tiny_corpus):
+    """Validation windows and a random TopK transcoder set (2 layers) for the tiny model."""
+    tmp = tmp_path_factory.mktemp("features")
+    settings = DatasetSettings(source=str(tiny_corpus), context_length=32, train_tokens=310,
+                               validation_tokens=620, validation_fraction=0.3)
+    prepare_dataset(settings, tiny_model_dir, tmp / "train.parquet", tmp / "validation.parquet", tmp / "s.json")
+    weights = {}
+    for layer in range(2):
+        torch.manual_seed(layer)
+        tc = Transcoder(64, 48, "topk", k=4, skip_connection=True)
+        with torch.no_grad():
+            for p in tc.parameters():
+                p.normal_(0, 0.3)
+        weights[layer] = tmp / "tc" / f"layer_{layer}.safetensors"
+        save_transcoder(tc, weights[layer])
+    write_transcoder_set_config(weights, tmp / "tc" / "config.yaml", tiny_model_dir, "./data/features")
+    return tmp
+
+
+SETTINGS = CollectSettings(layers=(0, 1), batch_size=4, top_k=5, context_before=6, context_after=2,
+                           n_quantiles=2, examples_per_quantile=2, n_random=3, histogram_bins=10, seed=1)
+
+
+def test_top_slots_keep_largest_per_group():
+    slots = TopSlots(groups=2, slots=2, window=1)
+    context = lambda idx: torch.zeros(len(idx), 1, dtype=torch.float16)  # noqa: E731
+    group = torch.tensor([0, 0, 0, 1, 0])
+    key = torch.tensor([1.0, 5.0, 3.0, 2.0, 4.0])
+    slots.offer(group, key, key, torch.arange(5, dtype=torch.int32), torch.zeros(5, dtype=torch.int32), context)
+    assert slots.keys.tolist() == [[5.0, 4.0], [2.0, -float("inf")]]
+    assert slots.seq.tolist() == [[1, 4], [3, -1]]
+    slots.offer(torch.tensor([1, 1, 0]), torch.tensor([7.0, 1.0, 4.5]), torch.tensor([7.0, 1.0, 4.5]),
+                torch.tensor([9, 8, 7], dtype=torch.int32), torch.zeros(3, dtype=torch.int32), context)
+    assert slots.keys.tolist() == [[5.0, 4.5], [7.0, 2.0]]
+
+
+def test_collect_features_schema_and_exact_values(tiny_setup, tiny_model_dir):
+    out = tiny_setup / "features"
+    meta = collect_features(tiny_model_dir, tiny_setup / "tc" / "config.yaml", tiny_setup / "validation.parquet",
+                            SETTINGS, out, tiny_setup / "feature_metadata.json", "tiny-transcoders")
+    files = sorted(out.glob("*.json"))
+    assert len(files) == len(meta["features"]) == 96 - sum(meta["dead_features_per_layer"].values())
+    assert meta["total_tokens"] == 620 and sum(meta["tokens_per_domain"].values()) == 620
+
+    model, tokenizer = load_model(tiny_model_dir)
+    windows = pq.read_table(tiny_setup / "validation.parquet")
+    tokens = torch.tensor(windows.column("tokens").to_pylist())
+    with torch.no_grad():  # reference activations of layer 1, computed directly
+        captured = {}
+        handle = model.model.layers[1].mlp.register_forward_pre_hook(lambda m, i: captured.setdefault("x", i[0]))
+        model(tokens)
+        handle.remove()
+        acts = load_transcoder(tiny_setup / "tc" / "layer_1.safetensors").encode(captured["x"])
+        acts[:, 0] = 0
+
+    entry = max((f for f in meta["features"] if f["layer"] == 1), key=lambda f: f["activation_count"])
+    data = json.loads((out / f"{entry['cantor_id']}.json").read_text())
+    feature = entry["feature"]
+    assert data["index"] == cantor(1, feature) and data["layer"] == 1 and data["transcoder_id"] == "tiny-transcoders/1"
+    column = acts[..., feature]
+    assert data["activation_count"] == int((column > 0).sum())
+    assert data["activation_frequency"] == pytest.approx(int((column > 0).sum()) / 620)
+    assert data["act_max"] == pytest.approx(float(column.max()), rel=1e-5)
+    names = [g["quantile_name"] for g in data["examples_quantiles"]]
+    assert names[0] == "Top activations" and names[-1] == "Random samples"
+    top = data["examples_quantiles"][0]["examples"]
+    peaks = [ex["tokens_acts_list"][ex["train_token_ind"]] for ex in top]
+    assert peaks == sorted(peaks, reverse=True) and peaks[0] == pytest.approx(float(column.max()), abs=1e-3)
+    for group in data["examples_quantiles"]:
+        for ex in group["examples"]:
+            assert len(ex["tokens"]) == len(ex["tokens_acts_list"]) <= 9
+            assert 0 <= ex["train_token_ind"] < len(ex["tokens"])
+            assert ex["tokens_acts_list"][ex["train_token_ind"]] > 0
+    # the top example's tokens are those of the window where the maximum occurs
+    flat = (column == column.max()).nonzero()[0]
+    row, pos = int(flat[0]), int(flat[1])
+    expected = [tokenizer.decode([int(t)]) for t in tokens[row, max(0, pos - 6):pos + 3]]
+    assert top[0]["tokens"] == expected
+    assert len(data["quantile_values"]) == 100 and data["quantile_values"] == sorted(data["quantile_values"])
+    positive = column[column > 0]
+    assert data["quantile_values"][49] == pytest.approx(float(positive.median()), rel=0.1)
+    assert sum(data["histogram"]) == data["activation_count"] and len(data["histogram"]) == 10
+    assert len(data["top_logits"]) == 10 and len(data["top_logits_values"]) == 10
+    assert data["top_logits_values"] == sorted(data["top_logits_values"], reverse=True)
+
+
+def test_logit_lens_applies_final_norm_gain(tiny_model_dir):
+    model, _ = load_model(tiny_model_dir)
+    with torch.no_grad():
+        model.model.norm.weight.copy_(torch.linspace(0.1, 2.0, 64))
+    directions = torch.randn(3, 64)
+    top_values, top_ids, bottom_values, _ = logit_lens(model, directions, 5)
+    expected = (directions * model.model.norm.weight) @ model.lm_head.weight.T
+    assert torch.allclose(top_values, expected.topk(5, dim=-1).values, atol=1e-5)
+    assert torch.equal(top_ids, expected.topk(5, dim=-1).indices)
+    assert torch.all(bottom_values[:, 0] == expected.min(-1).values)
+
+
+def test_collection_is_deterministic(tiny_setup, tiny_model_dir):
+    outs = []
+    for name in ("a", "b"):
+        collect_features(tiny_model_dir, tiny_setup / "tc" / "config.yaml", tiny_setup / "validation.parquet",
+                         SETTINGS, tiny_setup / name, tiny_setup / f"{name}.json", "tiny-transcoders")
+        outs.append({p.name: p.read_bytes() for p in (tiny_setup / name).glob("*.json")})
+    assert outs[0] == outs[1]
+
+
+def test_neuron_baseline(tiny_setup, tiny_model_dir):
+    settings = CollectSettings(**{**SETTINGS.__dict__, "n_neurons": 16})
+    meta = collect_neurons(tiny_model_dir, tiny_setup / "validation.parquet", settings, tiny_setup / "neurons",
+                           tiny_setup / "neurons.json", "tiny-neurons")
+    features = meta["features"]
+    assert meta["kind"] == "neuron" and {f["layer"] for f in features} == {0, 1}
+    per_layer = [f for f in features if f["layer"] == 0]
+    assert len(per_layer) <= 16
+    data = json.loads((tiny_setup / "neurons" / f"{per_layer[0]['cantor_id']}.json").read_text())
+    assert data["is_neuron"] and data["index"] == cantor(0, data["feature"]) and data["feature"] < 256
+    model, _ = load_model(tiny_model_dir)
+    directions = model.model.layers[0].mlp.down_proj.weight.T[data["feature"]][None]
+    _, ids, _, _ = logit_lens(model, directions, 10)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    assert data["top_logits"] == [tokenizer.decode([int(i)]) for i in ids[0]]
+
+
+def test_bad_requests_are_explained(tiny_setup, tiny_model_dir, tmp_path):
+    bad_layers = CollectSettings(**{**SETTINGS.__dict__, "layers": (0, 5)})
+    with pytest.raises(FeatureRequestError, match=r"layer\(s\) \[5\].*layers 0..1 only"):
+        collect_features(tiny_model_dir, tiny_setup / "tc" / "config.yaml", tiny_setup / "validation.parquet",
+                         bad_layers, tmp_path / "f", tmp_path / "m.json", "x")
+    wrong = tmp_path / "wrong"
+    save_transcoder(Transcoder(32, 8, "topk", k=2), wrong / "layer_0.safetensors")
+    save_transcoder(Transcoder(32, 8, "topk", k=2), wrong / "layer_1.safetensors")
+    write_transcoder_set_config({0: wrong / "layer_0.safetensors", 1: wrong / "layer_1.safetensors"},
+                                wrong / "config.yaml", tiny_model_dir, "./data/features")
+    with pytest.raises(FeatureRequestError, match="d_model 32, but the model .* has d_model 64"):
+        collect_features(tiny_model_dir, wrong / "config.yaml", tiny_setup / "validation.parquet", SETTINGS,
+                         tmp_path / "f", tmp_path / "m.json", "x")
+    assert not (tmp_path / "f").exists()

@@ -1,6 +1,6 @@
 """Benchmark: pipeline throughput against a bare `model(...)` forward on the same batches.
 
-    python benchmarks/throughput.py [--run smollm2-135m] [--windows 64] [--batch-size 8]
+    python benchmarks/throughput.py [--run smollm2-135m] [--windows 160] [--batch-size 8]
 
 Uses the default run's outputs (model folder, dataset splits, transcoders): run the pipeline
 first. All timings use the same windows, batch size and thread count; the bare forward is the
@@ -40,10 +40,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", default="resources/models/smollm2-135m-instruct")
     parser.add_argument("--run", default="smollm2-135m", help="results/<run>/ of the pipeline")
-    parser.add_argument("--windows", type=int, default=64)
+    parser.add_argument("--windows", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

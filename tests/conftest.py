@@ -100,7 +100,9 @@ def tiny_config(tmp: Path, model_source: Path, corpus: Path, **overrides) -> dic
         "activations": {"layers": "all", "batch_size": 8, "row_group_tokens": 1024},
         "transcoder": {"n_features": 128, "k": 8, "steps": 60, "batch_size": 256, "warmup_steps": 5,
                        "eval_tokens": 512, "dead_tokens": 5000},
-        "attribution": {"prompts_dir": str(prompts), "max_feature_nodes": 64, "batch_size": 32},
+        # a random model: keep (almost) every node, so the graphs show all node types
+        "attribution": {"prompts_dir": str(prompts), "max_feature_nodes": 64, "batch_size": 32,
+                        "node_threshold": 0.999, "edge_threshold": 0.9999},
     }
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value

@@ -52,10 +52,12 @@ def test_top_slots_keep_largest_per_group():
     group = torch.tensor([0, 0, 0, 1, 0])
     key = torch.tensor([1.0, 5.0, 3.0, 2.0, 4.0])
     slots.offer(group, key, key, torch.arange(5, dtype=torch.int32), torch.zeros(5, dtype=torch.int32), context)
+    slots.flush()
     assert slots.keys.tolist() == [[5.0, 4.0], [2.0, -float("inf")]]
     assert slots.seq.tolist() == [[1, 4], [3, -1]]
     slots.offer(torch.tensor([1, 1, 0]), torch.tensor([7.0, 1.0, 4.5]), torch.tensor([7.0, 1.0, 4.5]),
                 torch.tensor([9, 8, 7], dtype=torch.int32), torch.zeros(3, dtype=torch.int32), context)
+    slots.flush()
     assert slots.keys.tolist() == [[5.0, 4.5], [7.0, 2.0]]
 
 

@@ -17,7 +17,7 @@ pass is needed. All state is a fixed size per feature (slots x context), indepen
 number of tokens: memory is bounded by ``features x slots x window``, not by the data.
 
 Each live feature becomes ``<cantor(layer, feature)>.json`` in circuit-tracer's schema (see
-``feature_json``); ``feature_metadata.json`` holds run-level counts (the seed's schema).
+``FeatureWriter``); ``feature_metadata.json`` holds run-level counts (the seed's schema).
 """
 
 from __future__ import annotations
@@ -77,7 +77,10 @@ class TopSlots:
     """For each of G groups keep the `slots` entries with the largest keys, streaming.
 
     Entries carry an activation value, the token they sit on (window index, position) and
-    the feature's activations over the surrounding context window.
+    the feature's activations over the surrounding context window. Events that pass a cheap
+    prefilter (beating their group's current minimum) are buffered and merged into the slots
+    once the buffer holds as many entries as the slots do: merging touches every slot of the
+    affected groups, so doing it per batch cost more than the model's forward pass.
     """
 
     def __init__(self, groups: int, slots: int, window: int):
@@ -87,15 +90,28 @@ class TopSlots:
         self.seq = torch.full((groups, slots), -1, dtype=torch.int32)
         self.pos = torch.zeros(groups, slots, dtype=torch.int32)
         self.context = torch.zeros(groups, slots, window, dtype=torch.float16)
+        self.pending: list[tuple[torch.Tensor, ...]] = []
+        self.pending_size = 0
+        self.merge_at = max(groups * slots, 1024)
 
     def offer(self, group: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               seq: torch.Tensor, pos: torch.Tensor, context_of) -> None:
-        # Cheap prefilter: an event must beat its group's current minimum (kept in the last slot).
+        # The minimum can be stale (pending events not merged yet): that only lets more through.
         keep = key > self.keys[group, -1]
         if not keep.any():
             return
-        group, key, value, seq, pos = group[keep], key[keep], value[keep], seq[keep], pos[keep]
-        context = context_of(keep.nonzero().squeeze(-1))
+        idx = keep.nonzero().squeeze(-1)
+        self.pending.append((group[idx], key[idx], value[idx], seq[idx], pos[idx], context_of(idx)))
+        self.pending_size += len(idx)
+        if self.pending_size >= self.merge_at:
+            self.flush()
+
+    def flush(self) -> None:
+        """Merge buffered events into the slots."""
+        if not self.pending:
+            return
+        group, key, value, seq, pos, context = (torch.cat(parts) for parts in zip(*self.pending))
+        self.pending, self.pending_size = [], 0
         touched, inverse = torch.unique(group, return_inverse=True)
         n = len(touched)
         cand_group = torch.cat([torch.arange(n).repeat_interleave(self.slots), inverse])
@@ -127,7 +143,8 @@ class LayerStats:
         self.n_features = n_features
         self.counts = torch.zeros(n_domains, n_features, dtype=torch.long)
         self.histogram = torch.zeros(n_features, HIST_BINS + 2, dtype=torch.int32)
-        self.top = TopSlots(n_features, settings.top_k * (3 if settings.dedupe else 1), settings.window)
+        # oversampled so that overlapping windows can be dropped and top_k still remain
+        self.top = TopSlots(n_features, settings.top_k * (2 if settings.dedupe else 1), settings.window)
         self.bands = TopSlots(n_features * N_BANDS, settings.examples_per_quantile, settings.window)
         self.random = TopSlots(n_features, settings.n_random, settings.window)
 
@@ -307,133 +324,142 @@ def _final_norm(model):
     return None
 
 
-def _quantiles_from_histogram(hist: np.ndarray) -> np.ndarray:
+_EDGES = np.geomspace(HIST_LOW, HIST_HIGH, HIST_BINS + 1)
+_BIN_LOWER = np.concatenate([[0.0], _EDGES])  # bin 0 is the underflow bin
+_BIN_UPPER = np.concatenate([_EDGES, [_EDGES[-1] * 10]])
+_BIN_CENTRE = np.concatenate([[HIST_LOW / 2], np.sqrt(_EDGES[:-1] * _EDGES[1:]), [_EDGES[-1]]])
+
+
+def quantiles_from_histogram(hist: np.ndarray) -> np.ndarray:
     """The 1st..100th percentiles of the positive activations, from the fine histogram."""
-    edges = np.geomspace(HIST_LOW, HIST_HIGH, HIST_BINS + 1)
-    lower = np.concatenate([[0.0], edges])
-    upper = np.concatenate([edges, [edges[-1] * 10]])
     cumulative = np.cumsum(hist)
-    total = cumulative[-1]
-    targets = total * np.arange(1, 101) / 100
+    targets = cumulative[-1] * np.arange(1, 101) / 100
     idx = np.searchsorted(cumulative, targets, side="left").clip(0, len(hist) - 1)
     before = np.where(idx > 0, cumulative[idx - 1], 0)
     within = (targets - before) / np.maximum(hist[idx], 1)
-    return lower[idx] + within * (upper[idx] - lower[idx])
+    return _BIN_LOWER[idx] + within * (_BIN_UPPER[idx] - _BIN_LOWER[idx])
 
 
-def _linear_histogram(hist: np.ndarray, act_max: float, bins: int) -> list[int]:
-    """Re-bin the fine histogram into `bins` equal bins over [0, act_max] (bin centres)."""
-    edges = np.geomspace(HIST_LOW, HIST_HIGH, HIST_BINS + 1)
-    centres = np.concatenate([[HIST_LOW / 2], np.sqrt(edges[:-1] * edges[1:]), [edges[-1]]])
-    target = np.minimum((centres / max(act_max, 1e-12) * bins).astype(int), bins - 1)
-    out = np.zeros(bins, dtype=np.int64)
-    np.add.at(out, target, hist)
-    return out.tolist()
+def linear_histogram(hist: np.ndarray, act_max: float, bins: int) -> list[int]:
+    """Re-bin the fine histogram into `bins` equal bins over [0, act_max] (by bin centre)."""
+    target = np.minimum((_BIN_CENTRE / max(act_max, 1e-12) * bins).astype(int), bins - 1)
+    return np.bincount(target, weights=hist, minlength=bins).astype(np.int64).tolist()
 
 
-@dataclass
-class Example:
-    value: float
-    seq: int
-    pos: int
-    context: np.ndarray  # the feature's activations over the window (NaN outside the window)
+class _SlotArrays:
+    """A TopSlots store as numpy arrays, with each group's slots flattened into one row."""
+
+    def __init__(self, slots: TopSlots, rows: int):
+        slots.flush()
+        self.keys = slots.keys.numpy().reshape(rows, -1)
+        self.values = slots.values.numpy().reshape(rows, -1)
+        self.seq = slots.seq.numpy().reshape(rows, -1)
+        self.pos = slots.pos.numpy().reshape(rows, -1)
+        self.context = slots.context.numpy().reshape(rows, -1, slots.context.shape[-1])
+
+    def examples(self, row: int) -> np.ndarray:
+        """Indices of the filled slots of `row`, by descending activation (ties: seq, pos)."""
+        filled = np.flatnonzero(np.isfinite(self.keys[row]))
+        order = np.lexsort((self.pos[row, filled], self.seq[row, filled], -self.values[row, filled]))
+        return filled[order]
 
 
-def _examples(slots: TopSlots, row: int) -> list[Example]:
-    keep = torch.isfinite(slots.keys[row])
-    return [Example(float(v), int(s), int(p), c.float().numpy())
-            for v, s, p, c in zip(slots.values[row][keep], slots.seq[row][keep], slots.pos[row][keep],
-                                  slots.context[row][keep])]
+class FeatureWriter:
+    """Turns one layer's streaming state into per-feature JSON objects (circuit-tracer schema)."""
 
+    def __init__(self, stats: LayerStats, source, layer: int, window_text: list[list[str]], token_text,
+                 logits: tuple, settings: CollectSettings, total_tokens: int):
+        self.stats, self.source, self.layer, self.settings = stats, source, layer, settings
+        self.window_text, self.token_text, self.total_tokens = window_text, token_text, total_tokens
+        self.logits = tuple(t.numpy() for t in logits)
+        n = stats.n_features
+        self.top = _SlotArrays(stats.top, n)
+        self.bands = _SlotArrays(stats.bands, n)
+        self.random = _SlotArrays(stats.random, n)
+        self.hist = stats.histogram.numpy()
+        self.counts = stats.counts.sum(0).numpy()
 
-def _overlaps(a: Example, b: Example, settings: CollectSettings) -> bool:
-    return a.seq == b.seq and abs(a.pos - b.pos) <= settings.window // 2
+    def _render(self, arrays: _SlotArrays, row: int, slot: int, repeated: bool = False) -> dict:
+        settings = self.settings
+        seq, pos = int(arrays.seq[row, slot]), int(arrays.pos[row, slot])
+        text = self.window_text[seq]
+        lo, hi = max(0, pos - settings.context_before), min(len(text), pos + settings.context_after + 1)
+        offset = pos - settings.context_before
+        acts = np.round(arrays.context[row, slot, lo - offset:hi - offset].astype(np.float64), 3)
+        acts[pos - lo] = round(float(arrays.values[row, slot]), 3)  # context is float16; the peak is exact
+        return {"tokens": text[lo:hi], "tokens_acts_list": acts.tolist(), "train_token_ind": pos - lo,
+                "is_repeated_datapoint": repeated}
 
+    def _top_group(self, row: int) -> tuple[list[dict], float]:
+        settings, top = self.settings, self.top
+        picked: list[tuple[int, int, int]] = []  # (slot, seq, pos)
+        rendered = []
+        candidates = top.examples(row)
+        for slot in candidates:
+            seq, pos = int(top.seq[row, slot]), int(top.pos[row, slot])
+            duplicate = any(seq == s and abs(pos - p) <= settings.window // 2 for _, s, p in picked)
+            if duplicate and settings.dedupe:
+                continue
+            picked.append((slot, seq, pos))
+            rendered.append(self._render(top, row, slot, duplicate))
+            if len(picked) == settings.top_k:
+                break
+        return rendered, float(top.values[row, candidates[0]])
 
-def _render(example: Example, tokens: np.ndarray, token_text, settings: CollectSettings,
-            repeated: bool = False) -> dict:
-    inside = ~np.isnan(example.context)
-    start = example.pos - settings.context_before
-    ids = [int(tokens[example.seq][start + i]) for i in np.flatnonzero(inside)]
-    acts = [round(float(a), 3) for a in example.context[inside]]
-    centre = int(settings.context_before - np.argmax(inside))
-    acts[centre] = round(example.value, 3)  # the context is stored in float16; the peak is exact
-    return {
-        "tokens": [token_text(t) for t in ids],
-        "tokens_acts_list": acts,
-        "train_token_ind": centre,
-        "is_repeated_datapoint": repeated,
-    }
+    def _quantile_groups(self, row: int, quantile_values: np.ndarray, act_max: float) -> list[dict]:
+        settings, bands = self.settings, self.bands
+        slots = bands.examples(row)
+        values = bands.values[row, slots]
+        bounds = [0.0] + [float(quantile_values[int(100 * q / settings.n_quantiles) - 1])
+                          for q in range(1, settings.n_quantiles)] + [math.inf]
+        groups = []
+        for q in reversed(range(settings.n_quantiles)):
+            low, high = bounds[q], bounds[q + 1]
+            members = slots[(values >= low) & (values < high)]
+            if len(members) > settings.examples_per_quantile:  # spread over the range, deterministic
+                members = members[np.linspace(0, len(members) - 1, settings.examples_per_quantile).round().astype(int)]
+            if len(members):
+                upper = act_max if math.isinf(high) else high
+                name = (f"Quantile {100 * q // settings.n_quantiles}-{100 * (q + 1) // settings.n_quantiles}% "
+                        f"(activation {low:.2f}-{upper:.2f})")
+                groups.append({"quantile_name": name,
+                               "examples": [self._render(bands, row, int(m)) for m in members]})
+        return groups
 
-
-def feature_json(stats: LayerStats, row: int, source, layer: int, tokens: np.ndarray, token_text,
-                 logits: tuple, settings: CollectSettings, total_tokens: int, seq_to_row: dict) -> dict:
-    """One feature's file in circuit-tracer's schema (plus value fields the seed lacked)."""
-    top = sorted(_examples(stats.top, row), key=lambda e: (-e.value, e.seq, e.pos))
-    picked: list[Example] = []
-    repeated: list[bool] = []
-    for example in top:
-        duplicate = any(_overlaps(example, other, settings) for other in picked)
-        if duplicate and settings.dedupe:
-            continue
-        picked.append(example)
-        repeated.append(duplicate)
-        if len(picked) == settings.top_k:
-            break
-    hist = stats.histogram[row].numpy().astype(np.int64)
-    quantile_values = _quantiles_from_histogram(hist)
-    act_max = max(e.value for e in top)
-    rows = lambda examples, rep=None: [  # noqa: E731
-        _render(e, tokens, token_text, settings, (rep or [False] * len(examples))[i])
-        for i, e in enumerate(examples)]
-    groups = [{"quantile_name": "Top activations", "examples": rows(
-        [Example(e.value, seq_to_row[e.seq], e.pos, e.context) for e in picked], repeated)}]
-
-    band_examples = [e for b in range(N_BANDS) for e in _examples(stats.bands, row * N_BANDS + b)]
-    bounds = [0.0] + [float(quantile_values[int(100 * q / settings.n_quantiles) - 1])
-                      for q in range(1, settings.n_quantiles + 1)]
-    bounds[-1] = math.inf
-    for q in reversed(range(settings.n_quantiles)):
-        low, high = bounds[q], bounds[q + 1]
-        members = sorted((e for e in band_examples if low <= e.value < high), key=lambda e: (-e.value, e.seq, e.pos))
-        if len(members) > settings.examples_per_quantile:  # spread over the range, deterministic
-            idx = np.linspace(0, len(members) - 1, settings.examples_per_quantile).round().astype(int)
-            members = [members[i] for i in idx]
-        if members:
-            upper = act_max if math.isinf(high) else high
-            groups.append({
-                "quantile_name": f"Quantile {100 * q // settings.n_quantiles}-{100 * (q + 1) // settings.n_quantiles}% "
-                                 f"(activation {low:.2f}-{upper:.2f})",
-                "examples": rows([Example(e.value, seq_to_row[e.seq], e.pos, e.context) for e in members]),
-            })
-    randoms = sorted(_examples(stats.random, row), key=lambda e: (e.seq, e.pos))
-    groups.append({"quantile_name": "Random samples", "examples": rows(
-        [Example(e.value, seq_to_row[e.seq], e.pos, e.context) for e in randoms])})
-
-    all_acts = [a for g in groups for ex in g["examples"] for a in ex["tokens_acts_list"]]
-    top_values, top_ids, bottom_values, bottom_ids = (t[row] for t in logits)
-    feature = int(source.feature_ids[row])
-    count = int(stats.counts[:, row].sum())
-    data = {
-        "index": cantor(layer, feature),
-        "layer": layer,
-        "feature": feature,
-        "transcoder_id": f"{source.transcoder_id}/{layer}",
-        "act_min": float(min(all_acts + [0.0])),
-        "act_max": float(act_max),
-        "activation_frequency": count / total_tokens,
-        "activation_count": count,
-        "top_logits": [token_text(int(i)) for i in top_ids],
-        "bottom_logits": [token_text(int(i)) for i in bottom_ids],
-        "top_logits_values": [round(float(v), 4) for v in top_values],
-        "bottom_logits_values": [round(float(v), 4) for v in bottom_values],
-        "quantile_values": [round(float(v), 4) for v in quantile_values],
-        "histogram": _linear_histogram(hist, act_max, settings.histogram_bins),
-        "examples_quantiles": groups,
-    }
-    if source.kind == "neuron":
-        data["is_neuron"] = True
-    return data
+    def feature(self, row: int) -> dict:
+        """The JSON object of the feature in `row` (must be live)."""
+        top, act_max = self._top_group(row)
+        quantile_values = quantiles_from_histogram(self.hist[row])
+        randoms = self.random.examples(row)
+        randoms = randoms[np.lexsort((self.random.pos[row, randoms], self.random.seq[row, randoms]))]
+        groups = [{"quantile_name": "Top activations", "examples": top},
+                  *self._quantile_groups(row, quantile_values, act_max),
+                  {"quantile_name": "Random samples",
+                   "examples": [self._render(self.random, row, int(slot)) for slot in randoms]}]
+        act_min = min((min(ex["tokens_acts_list"]) for g in groups for ex in g["examples"]), default=0.0)
+        top_values, top_ids, bottom_values, bottom_ids = (t[row] for t in self.logits)
+        feature = int(self.source.feature_ids[row])
+        count = int(self.counts[row])
+        data = {
+            "index": cantor(self.layer, feature),
+            "layer": self.layer,
+            "feature": feature,
+            "transcoder_id": f"{self.source.transcoder_id}/{self.layer}",
+            "act_min": min(float(act_min), 0.0),
+            "act_max": act_max,
+            "activation_frequency": count / self.total_tokens,
+            "activation_count": count,
+            "top_logits": [self.token_text(int(i)) for i in top_ids],
+            "bottom_logits": [self.token_text(int(i)) for i in bottom_ids],
+            "top_logits_values": np.round(top_values.astype(np.float64), 4).tolist(),
+            "bottom_logits_values": np.round(bottom_values.astype(np.float64), 4).tolist(),
+            "quantile_values": np.round(quantile_values, 4).tolist(),
+            "histogram": linear_histogram(self.hist[row], act_max, self.settings.histogram_bins),
+            "examples_quantiles": groups,
+        }
+        if self.source.kind == "neuron":
+            data["is_neuron"] = True
+        return data
 
 
 # --------------------------------------------------------------------------- entry points
@@ -453,7 +479,6 @@ def collect(model_dir: str | Path, validation_split: str | Path, sources_for, se
     seqs = torch.from_numpy(windows.column("seq").to_numpy().astype(np.int32))
     domain_names = sorted(set(windows.column("domain").to_pylist()))
     domains = torch.tensor([domain_names.index(d) for d in windows.column("domain").to_pylist()])
-    seq_to_row = {int(s): i for i, s in enumerate(seqs.tolist())}
     n_windows, context = tokens.shape
     total_tokens = n_windows * (context - 1)
     stats = {layer: LayerStats(source.n_features, len(domain_names), settings) for layer, source in sources.items()}
@@ -485,6 +510,10 @@ def collect(model_dir: str | Path, validation_split: str | Path, sources_for, se
             token_cache[token_id] = tokenizer.decode([token_id])
         return token_cache[token_id]
 
+    # windows are addressed by their `seq`; decode each window's tokens once
+    window_text: list[list[str]] = [[] for _ in range(int(seqs.max()) + 1)]
+    for row, seq in enumerate(seqs.tolist()):
+        window_text[seq] = [token_text(int(t)) for t in tokens[row]]
     tokens_per_domain = {
         name: int((domains == i).sum()) * (context - 1) for i, name in enumerate(domain_names)}
     metadata = {"total_tokens": total_tokens, "tokens_per_domain": tokens_per_domain,
@@ -496,23 +525,22 @@ def collect(model_dir: str | Path, validation_split: str | Path, sources_for, se
         for layer, source in sources.items():
             layer_stats = stats[layer]
             logits = logit_lens(model, source.output_directions().to(settings.device), settings.n_logits)
-            logits = tuple(t.cpu() for t in logits)
-            counts = layer_stats.counts.sum(0)
-            live = torch.nonzero(counts > 0).squeeze(-1).tolist()
+            writer = FeatureWriter(layer_stats, source, layer, window_text, token_text,
+                                   tuple(t.cpu() for t in logits), settings, total_tokens)
+            live = np.flatnonzero(writer.counts > 0)
             metadata["dead_features_per_layer"][str(layer)] = int(source.n_features - len(live))
-            for row in live:
-                data = feature_json(layer_stats, row, source, layer, tokens, token_text, logits, settings,
-                                    total_tokens, seq_to_row)
-                (tmp / f"{data['index']}.json").write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
-                per_domain = layer_stats.counts[:, row]
-                count = int(per_domain.sum())
+            for row in live.tolist():
+                data = writer.feature(row)
+                (tmp / f"{data['index']}.json").write_text(
+                    json.dumps(data, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+                per_domain = layer_stats.counts[:, row].tolist()
+                count = data["activation_count"]
                 metadata["features"].append({
                     "layer": layer, "feature": data["feature"], "cantor_id": data["index"],
                     "activation_count": count, "activation_freq": count / total_tokens,
-                    "domain_density": {n: int(per_domain[i]) / max(tokens_per_domain[n], 1)
-                                       for i, n in enumerate(domain_names) if per_domain[i] > 0},
-                    "domain_fraction": {n: int(per_domain[i]) / count
-                                        for i, n in enumerate(domain_names) if per_domain[i] > 0},
+                    "domain_density": {n: c / max(tokens_per_domain[n], 1)
+                                       for n, c in zip(domain_names, per_domain) if c},
+                    "domain_fraction": {n: c / count for n, c in zip(domain_names, per_domain) if c},
                 })
             log.info("layer %d: %d live, %d dead features written", layer, len(live),
                      source.n_features - len(live))

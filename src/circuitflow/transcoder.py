@@ -295,7 +295,12 @@ def train_transcoder(shard_path: str | Path, layer: int, settings: TrainSettings
     model = Transcoder(shard.d_model, settings.n_features, settings.activation, settings.k,
                        settings.skip_connection)
     stream = iter(batches)
-    first_x, first_y = (t.to(device) for t in next(stream))
+    first_x, first_y = next(stream)
+    # Train on inputs and outputs rescaled to unit RMS, so the learning rate means the same
+    # for every model and layer (MLP output scales differ by orders of magnitude); the scales
+    # are folded back into the weights before saving.
+    scale_x, scale_y = _rms(first_x), _rms(first_y)
+    first_x, first_y = (first_x / scale_x).to(device), (first_y / scale_y).to(device)
     _init_from_data(model, first_x.cpu(), first_y.cpu(), generator)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
@@ -306,7 +311,8 @@ def train_transcoder(shard_path: str | Path, layer: int, settings: TrainSettings
     x, y = first_x, first_y
     for step in range(settings.steps):
         if step:
-            x, y = (t.to(device) for t in next(stream))
+            x, y = next(stream)
+            x, y = (x / scale_x).to(device), (y / scale_y).to(device)
         if settings.activation == "topk":
             pre, indices, acts, y_hat = topk_forward(model, x)
             loss_fvu = fvu(y, y_hat)
@@ -339,6 +345,7 @@ def train_transcoder(shard_path: str | Path, layer: int, settings: TrainSettings
                           "dead": int((tokens_since_fired >= settings.dead_tokens).sum())})
         progress.update(1)
 
+    _fold_scales(model, scale_x, scale_y)
     metrics = {
         "layer": layer,
         **evaluate(model, eval_x, eval_y),
@@ -357,6 +364,28 @@ def train_transcoder(shard_path: str | Path, layer: int, settings: TrainSettings
     log.info("layer %d: FVU %.4f, L0 %.1f, dead %.3f, %d tokens in %.1fs", layer, metrics["fvu"],
              metrics["l0"], metrics["dead_fraction"], metrics["tokens_seen"], metrics["seconds"])
     return metrics
+
+
+def _rms(t: torch.Tensor) -> float:
+    """Root mean square of the centred entries (1.0 for a constant tensor)."""
+    rms = float((t - t.mean(0)).pow(2).mean().sqrt())
+    return rms if rms > 0 else 1.0
+
+
+@torch.no_grad()
+def _fold_scales(model: Transcoder, scale_x: float, scale_y: float) -> None:
+    """Turn a transcoder of x/scale_x -> y/scale_y into one of x -> y (same features).
+
+    TopK, ReLU and JumpReLU are positively homogeneous, so scaling the encoder by scale_y
+    scales the activations by scale_y; decoder rows keep their unit norm.
+    """
+    model.W_enc.mul_(scale_y / scale_x)
+    model.b_enc.mul_(scale_y)
+    model.b_dec.mul_(scale_y)
+    if model.W_skip is not None:
+        model.W_skip.mul_(scale_y / scale_x)
+    if model.threshold is not None:
+        model.threshold.mul_(scale_y)
 
 
 def _remove_parallel_gradient(model: Transcoder) -> None:

@@ -93,6 +93,9 @@ def test_collect_features_schema_and_exact_values(tiny_setup, tiny_model_dir):
     top = data["examples_quantiles"][0]["examples"]
     peaks = [ex["tokens_acts_list"][ex["train_token_ind"]] for ex in top]
     assert peaks == sorted(peaks, reverse=True) and peaks[0] == pytest.approx(float(column.max()), abs=1e-3)
+    top_windows = {(tuple(ex["tokens"]), ex["train_token_ind"]) for ex in top}
+    for group in data["examples_quantiles"][1:-1]:  # quantile groups do not repeat top examples
+        assert not top_windows & {(tuple(ex["tokens"]), ex["train_token_ind"]) for ex in group["examples"]}
     for group in data["examples_quantiles"]:
         for ex in group["examples"]:
             assert len(ex["tokens"]) == len(ex["tokens_acts_list"]) <= 9

@@ -255,3 +255,11 @@ def test_unexpected_file_name_is_rejected(features, tmp_path, name):
     (features / name).write_text("{}", encoding="utf-8")
     with pytest.raises(PackError, match=rf"{name}: unexpected file"):
         pack_features(features, tmp_path / "packed", N_LAYERS, N_FEATURES)
+
+
+def test_hidden_files_are_ignored(features, tmp_path):
+    """Snakemake writes .snakemake_timestamp into directory outputs such as the feature folder."""
+    reference = pack_features(features, tmp_path / "reference", N_LAYERS, N_FEATURES)
+    (features / ".snakemake_timestamp").write_text("")
+    again = pack_features(features, tmp_path / "again", N_LAYERS, N_FEATURES)
+    assert again == reference

@@ -190,6 +190,18 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
     assert (tmp_path / "results/tiny/transcoders/config.yaml").is_file()
     check_served_like_a_user(graphs, "france-capital")
 
+    # The remaining stages of the default target: packed features and the neuron baseline.
+    snakemake(tmp_path, "--cores", "2", "features", "--configfile", "tiny.yaml")
+    from circuitflow.pack import read_packed_feature
+
+    node = next(n for n in json.loads((graphs / "france-capital.json").read_text())["nodes"]
+                if n["feature_type"] == "cross layer transcoder" and (graphs / "features" / f"{n['feature']}.json").exists())
+    layer, feature = int(node["layer"]), int(node["node_id"].split("_")[1])
+    packed = read_packed_feature(tmp_path / "results/tiny/features/packed", layer, feature)
+    assert packed == json.loads((graphs / "features" / f"{node['feature']}.json").read_text())
+    neurons = json.loads((tmp_path / "results/tiny/neurons/feature_metadata.json").read_text())
+    assert neurons["kind"] == "neuron" and neurons["features"]
+
     # Rerun one layer: only it and what depends on it run again.
     layer0 = tmp_path / "results/tiny/transcoders/layer_0.safetensors"
     layer1 = tmp_path / "results/tiny/transcoders/layer_1.safetensors"

@@ -390,7 +390,7 @@ class FeatureWriter:
         return {"tokens": text[lo:hi], "tokens_acts_list": acts.tolist(), "train_token_ind": pos - lo,
                 "is_repeated_datapoint": repeated}
 
-    def _top_group(self, row: int) -> tuple[list[dict], float]:
+    def _top_group(self, row: int) -> tuple[list[dict], float, set[tuple[int, int]]]:
         settings, top = self.settings, self.top
         picked: list[tuple[int, int, int]] = []  # (slot, seq, pos)
         rendered = []
@@ -404,11 +404,13 @@ class FeatureWriter:
             rendered.append(self._render(top, row, slot, duplicate))
             if len(picked) == settings.top_k:
                 break
-        return rendered, float(top.values[row, candidates[0]])
+        return rendered, float(top.values[row, candidates[0]]), {(s, p) for _, s, p in picked}
 
-    def _quantile_groups(self, row: int, quantile_values: np.ndarray, act_max: float) -> list[dict]:
+    def _quantile_groups(self, row: int, quantile_values: np.ndarray, act_max: float,
+                         shown: set[tuple[int, int]]) -> list[dict]:
         settings, bands = self.settings, self.bands
-        slots = bands.examples(row)
+        slots = np.array([slot for slot in bands.examples(row)
+                          if (int(bands.seq[row, slot]), int(bands.pos[row, slot])) not in shown], dtype=np.int64)
         values = bands.values[row, slots]
         bounds = [0.0] + [float(quantile_values[int(100 * q / settings.n_quantiles) - 1])
                           for q in range(1, settings.n_quantiles)] + [math.inf]
@@ -428,12 +430,12 @@ class FeatureWriter:
 
     def feature(self, row: int) -> dict:
         """The JSON object of the feature in `row` (must be live)."""
-        top, act_max = self._top_group(row)
+        top, act_max, shown = self._top_group(row)
         quantile_values = quantiles_from_histogram(self.hist[row])
         randoms = self.random.examples(row)
         randoms = randoms[np.lexsort((self.random.pos[row, randoms], self.random.seq[row, randoms]))]
         groups = [{"quantile_name": "Top activations", "examples": top},
-                  *self._quantile_groups(row, quantile_values, act_max),
+                  *self._quantile_groups(row, quantile_values, act_max, shown),
                   {"quantile_name": "Random samples",
                    "examples": [self._render(self.random, row, int(slot)) for slot in randoms]}]
         act_min = min((min(ex["tokens_acts_list"]) for g in groups for ex in g["examples"]), default=0.0)

@@ -115,6 +115,8 @@ def _scan_names(feature_dir: Path, n_layers: int, n_features: int) -> dict[int, 
     by_layer: dict[int, list[int]] = {layer: [] for layer in range(n_layers)}
     with os.scandir(feature_dir) as entries:
         for entry in entries:
+            if entry.name.startswith("."):
+                continue  # hidden files, e.g. the .snakemake_timestamp of a directory output
             label = str(feature_dir / entry.name)
             match = _NAME_RE.fullmatch(entry.name)
             if match is None:

@@ -47,7 +47,7 @@ class TrainSettings:
     activation: str = "topk"
     k: int = 32
     skip_connection: bool = True
-    steps: int = 300
+    steps: int = 250
     batch_size: int = 1024
     lr: float = 5e-3
     warmup_steps: int = 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from circuitflow.model import ModelSourceError, count_layers, read_model_config, resolve_source
@@ -19,8 +20,6 @@ def resolve_layers(config: dict) -> list[int]:
     if n_layers is None:
         materialized = Path(model_folder(config)) / "config.json"
         if materialized.is_file():
-            import json
-
             n_layers = count_layers(json.loads(materialized.read_text()))
         else:
             source = resolve_source(config["model"]["source"], config["model"].get("revision"))

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from circuitflow.activations import (
-    ActivationRecorder,
     ActivationShard,
     ActivationShardError,
     CacheSettings,
     _ShardWriters,
     activation_schema,
     cache_activations,
+    mlp_recorder,
 )
 from circuitflow.dataset import DatasetSettings, prepare_dataset
 from circuitflow.io import read_json
@@ -86,7 +86,7 @@ def test_recorder_matches_mlp_module(tiny_model_dir):
 
     model, _ = load_model(tiny_model_dir)
     ids = torch.randint(0, 1000, (2, 9))
-    recorder = ActivationRecorder(model, (0, 1), "float32")
+    recorder = mlp_recorder(model, (0, 1))
     with torch.no_grad():
         captured = recorder.run(model, ids)
         recorder.close()
@@ -122,7 +122,7 @@ def test_cache_activations_end_to_end(tmp_path, tiny_model_dir, tiny_corpus):
     from circuitflow.model import load_model
 
     model, _ = load_model(tiny_model_dir)
-    recorder = ActivationRecorder(model, (1,), "float32")
+    recorder = mlp_recorder(model, (1,))
     with torch.no_grad():
         x, y = recorder.run(model, torch.tensor([tokens[0]]))[1]
     recorder.close()

@@ -98,29 +98,28 @@ class _StopForward(Exception):
     """Raised by the last hook: later layers and the LM head are not needed."""
 
 
-class ActivationRecorder:
-    """Forward hooks that copy each layer's MLP input and output (positions >= 1)."""
+class ModuleRecorder:
+    """Forward hooks on some modules, keyed by layer, storing `capture(inputs, output)`.
 
-    def __init__(self, model, layers: tuple[int, ...], out_dtype: str):
-        self.layers = layers
-        self.out_dtype = out_dtype
-        self.captured: dict[int, tuple] = {}
-        self.handles = []
-        blocks = decoder_layers(model)
-        last = max(layers)
-        for layer in layers:
-            self.handles.append(blocks[layer].mlp.register_forward_hook(self._hook(layer, layer == last)))
+    The forward pass is stopped right after the last hooked module, so later layers and the
+    LM head are never computed. Used for caching (MLP in/out) and feature collection.
+    """
 
-    def _hook(self, layer: int, is_last: bool):
+    def __init__(self, modules: dict[int, object], capture):
+        self.capture = capture
+        self.captured: dict[int, object] = {}
+        last = max(modules)
+        self.handles = [module.register_forward_hook(self._hook(key, key == last))
+                        for key, module in modules.items()]
+
+    def _hook(self, key: int, is_last: bool):
         def hook(module, inputs, output):
-            x = inputs[0][:, 1:].detach()
-            y = (output[0] if isinstance(output, tuple) else output)[:, 1:].detach()
-            self.captured[layer] = (x, y)
+            self.captured[key] = self.capture(inputs, output)
             if is_last:
                 raise _StopForward
         return hook
 
-    def run(self, model, input_ids) -> dict[int, tuple]:
+    def run(self, model, input_ids) -> dict:
         self.captured = {}
         try:
             model(input_ids=input_ids, use_cache=False)
@@ -131,6 +130,18 @@ class ActivationRecorder:
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def _mlp_in_out(inputs, output) -> tuple:
+    """MLP input and output at positions >= 1 (circuit-tracer zeroes position 0)."""
+    y = output[0] if isinstance(output, tuple) else output
+    return inputs[0][:, 1:].detach(), y[:, 1:].detach()
+
+
+def mlp_recorder(model, layers: tuple[int, ...]) -> ModuleRecorder:
+    """Records each layer's MLP input and output (mlp.hook_in / mlp.hook_out)."""
+    blocks = decoder_layers(model)
+    return ModuleRecorder({layer: blocks[layer].mlp for layer in layers}, _mlp_in_out)
 
 
 class _RunningStats:
@@ -176,7 +187,7 @@ def cache_activations(model_dir: str | Path, train_split: str | Path, out_shards
     context = len(tokens[0])
     n_tokens = len(tokens) * (context - 1)
     schema = activation_schema(d_model, settings.dtype)
-    recorder = ActivationRecorder(model, settings.layers, settings.dtype)
+    recorder = mlp_recorder(model, settings.layers)
     stats = {layer: (_RunningStats(d_model), _RunningStats(d_model)) for layer in settings.layers}
     progress = Progress(log, "cache_activations", n_tokens, "tokens")
     log.info("caching layers %s of %s: %d windows x %d tokens, d_model %d, %s",

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from circuitflow.activations import ModuleRecorder, decoder_layers
 from circuitflow.io import atomic_path, write_json
 from circuitflow.logs import Progress
 from circuitflow.pack import cantor
@@ -250,43 +251,6 @@ class NeuronSource:
         return self.directions
 
 
-class _InputRecorder:
-    """Forward pre-hooks that capture each source's module input; the forward stops early."""
-
-    class Stop(Exception):
-        pass
-
-    def __init__(self, model, sources: dict[int, object]):
-        from circuitflow.activations import decoder_layers
-
-        blocks = decoder_layers(model)
-        self.captured: dict[int, torch.Tensor] = {}
-        last = max(sources)
-        self.handles = [
-            source.hooked_module(blocks[layer]).register_forward_pre_hook(self._hook(layer, layer == last))
-            for layer, source in sources.items()
-        ]
-
-    def _hook(self, layer: int, is_last: bool):
-        def hook(module, inputs):
-            self.captured[layer] = inputs[0].detach()
-            if is_last:
-                raise self.Stop
-        return hook
-
-    def run(self, model, input_ids: torch.Tensor) -> dict[int, torch.Tensor]:
-        self.captured = {}
-        try:
-            model(input_ids=input_ids, use_cache=False)
-        except self.Stop:
-            pass
-        return self.captured
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
 # --------------------------------------------------------------------------- export
 
 
@@ -485,7 +449,9 @@ def collect(model_dir: str | Path, validation_split: str | Path, sources_for, se
     total_tokens = n_windows * (context - 1)
     stats = {layer: LayerStats(source.n_features, len(domain_names), settings) for layer, source in sources.items()}
     generator = torch.Generator().manual_seed(settings.seed)
-    recorder = _InputRecorder(model, sources)
+    blocks = decoder_layers(model)
+    recorder = ModuleRecorder({layer: source.hooked_module(blocks[layer]) for layer, source in sources.items()},
+                              lambda inputs, output: inputs[0].detach())
     progress = Progress(log, f"collect {transcoder_id}", total_tokens, "tokens")
     log.info("collecting %s over %d windows x %d tokens, layers %s", transcoder_id, n_windows, context - 1,
              list(sources))
@@ -587,8 +553,6 @@ def collect_features(model_dir, transcoder_config, validation_split, settings: C
 def collect_neurons(model_dir, validation_split, settings: CollectSettings, out_dir, out_metadata,
                     transcoder_id: str) -> dict:
     """The same files for a seeded sample of `settings.n_neurons` MLP neurons per layer."""
-    from circuitflow.activations import decoder_layers
-
     def sources_for(model):
         blocks = decoder_layers(model)
         return {layer: NeuronSource(blocks[layer], layer, settings.n_neurons, settings.seed, transcoder_id)

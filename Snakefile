@@ -2,13 +2,16 @@
 # Targets only; every rule lives in rules/<stage>.smk and calls one library function.
 from snakemake.utils import min_version, validate
 
+from circuitflow.config import SCHEMA_PATH
+
 min_version("9.0")
 
 
 configfile: "config/config.yaml"
 
 
-validate(config, "config/schema.yaml")
+# The schema ships with the library (config/schema.yaml links to it); defaults are filled in.
+validate(config, str(SCHEMA_PATH))
 
 
 include: "rules/common.smk"
@@ -18,6 +21,7 @@ include: "rules/activations.smk"
 include: "rules/transcoders.smk"
 include: "rules/features.smk"
 include: "rules/attribution.smk"
+include: "rules/graphs.smk"
 
 
 rule all:

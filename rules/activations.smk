@@ -3,13 +3,10 @@ rule cache_activations:
         model=MODEL_DIR,
         train=rules.prepare_dataset.output.train,
     output:
-        shards=list(shard_paths().values()),
+        shards=per_layer("activations/layer_{layer}.parquet"),
         manifest=f"{RESULTS}/activations/manifest.json",
     params:
-        layers=LAYERS,
-        activations=config["activations"],
-        model_dtype=config["model"]["dtype"],
-        device=config["device"],
+        settings=settings("cache_activations"),
     log:
         f"{RESULTS}/logs/cache_activations.log",
     benchmark:

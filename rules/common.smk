@@ -1,18 +1,16 @@
-# Parse-time facts and getters shared by the rule files (functions only, no rules).
+# Parse-time plan and getters shared by the rule files: every one calls circuitflow.workflow.
 from circuitflow.workflow import (
-    collect_settings,
-    model_folder,
-    prompt_origins,
-    resolve_feature_layers,
-    resolve_layers,
+    dataset_files,
+    plan_workflow,
+    prompt_files,
+    prompt_param,
+    require_complete_set,
+    rule_params,
 )
 
-RUN = config["run"]
-RESULTS = f"results/{RUN}"
-MODEL_DIR = model_folder(config)
-LAYERS = resolve_layers(config)
-FEATURE_LAYERS = resolve_feature_layers(config, LAYERS)
-PROMPTS = prompt_origins(config)
+PLAN = plan_workflow(config)
+RESULTS = PLAN.results
+MODEL_DIR = PLAN.model_dir
 ENV = "../envs/circuitflow.yaml"
 
 
@@ -21,37 +19,21 @@ wildcard_constraints:
     slug=r"[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
-def dataset_input():
-    """A local corpus file is an input, so editing it reruns the dataset (hub ids are not files)."""
-    source = config["dataset"]["source"]
-    return [] if source.startswith("hf:") else [source]
+def settings(rule_name):
+    return rule_params(rule_name, config, PLAN)
 
 
-def shard_paths():
-    return {layer: f"{RESULTS}/activations/layer_{layer}.parquet" for layer in LAYERS}
-
-
-def transcoder_weights():
-    return expand(f"{RESULTS}/transcoders/layer_{{layer}}.safetensors", layer=LAYERS)
-
-
-def prompt_input(wildcards):
-    """The prompt file, so editing it reruns its graph (config prompts have no file)."""
-    origin = PROMPTS[wildcards.slug]
-    return [] if origin.startswith("config:") else [origin]
-
-
-def prompt_params(wildcards):
-    origin = PROMPTS[wildcards.slug]
-    inline = config["attribution"].get("prompts", {})
-    return {"origin": origin, "inline": {wildcards.slug: inline[wildcards.slug]} if wildcards.slug in inline else {}}
-
-
-def attribution_settings():
-    skip = {"prompts_dir", "prompts"}
-    return {key: value for key, value in config["attribution"].items() if key not in skip}
+def per_layer(pattern):
+    """One path per transcoder layer, e.g. per_layer("transcoders/layer_{layer}.safetensors")."""
+    return [f"{RESULTS}/{pattern}".format(layer=layer) for layer in PLAN.layers]
 
 
 def per_prompt(suffix):
-    """One path per prompt, in the order of PROMPTS (sorted by name)."""
-    return [f"{RESULTS}/attribution/{slug}{suffix}" for slug in PROMPTS]
+    """One path per prompt, in the order of PLAN.prompts (sorted by name)."""
+    return [f"{RESULTS}/attribution/{slug}{suffix}" for slug in PLAN.prompts]
+
+
+def complete_transcoder_set(wildcards):
+    """The set config, for rules that need every layer (fails with the missing layers otherwise)."""
+    require_complete_set(PLAN)
+    return rules.write_transcoder_set.output.config

@@ -1,14 +1,13 @@
 rule prepare_dataset:
     input:
         model=MODEL_DIR,
-        source=dataset_input(),
+        source=dataset_files(config),
     output:
         train=f"{RESULTS}/dataset/train.parquet",
         validation=f"{RESULTS}/dataset/validation.parquet",
         summary=f"{RESULTS}/dataset/summary.json",
     params:
-        dataset=config["dataset"],
-        seed=config["seed"],
+        settings=settings("prepare_dataset"),
     log:
         f"{RESULTS}/logs/prepare_dataset.log",
     benchmark:

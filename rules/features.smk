@@ -3,14 +3,12 @@ rule collect_features:
         model=MODEL_DIR,
         validation=rules.prepare_dataset.output.validation,
         transcoders=rules.write_transcoder_set.output.config,
-        weights=transcoder_weights(),
+        weights=per_layer("transcoders/layer_{layer}.safetensors"),
     output:
         features=directory(f"{RESULTS}/features/json"),
         metadata=f"{RESULTS}/features/feature_metadata.json",
     params:
-        settings=collect_settings(config, FEATURE_LAYERS),
-        transcoder_id=f"{RUN}-transcoders",
-        device=config["device"],
+        settings=settings("collect_features"),
     log:
         f"{RESULTS}/logs/collect_features.log",
     benchmark:
@@ -34,9 +32,7 @@ rule collect_neurons:
         features=directory(f"{RESULTS}/neurons/json"),
         metadata=f"{RESULTS}/neurons/feature_metadata.json",
     params:
-        settings=collect_settings(config, FEATURE_LAYERS),
-        transcoder_id=f"{RUN}-neurons",
-        device=config["device"],
+        settings=settings("collect_neurons"),
     log:
         f"{RESULTS}/logs/collect_neurons.log",
     benchmark:

@@ -2,7 +2,7 @@ rule prepare_model:
     output:
         directory(MODEL_DIR),
     params:
-        model=config["model"],
+        settings=settings("prepare_model"),
     log:
         f"{RESULTS}/logs/prepare_model.log",
     benchmark:

@@ -3,11 +3,10 @@ rule train_transcoder:
         shard=f"{RESULTS}/activations/layer_{{layer}}.parquet",
     output:
         weights=f"{RESULTS}/transcoders/layer_{{layer}}.safetensors",
+        architecture=f"{RESULTS}/transcoders/layer_{{layer}}.architecture.json",
         metrics=f"{RESULTS}/transcoders/layer_{{layer}}.metrics.json",
     params:
-        transcoder=config["transcoder"],
-        seed=config["seed"],
-        device=config["device"],
+        settings=settings("train_transcoder"),
     log:
         f"{RESULTS}/logs/train_transcoder/layer_{{layer}}.log",
     benchmark:
@@ -27,12 +26,12 @@ rule train_transcoder:
 rule write_transcoder_set:
     input:
         model=MODEL_DIR,
-        weights=transcoder_weights(),
+        weights=per_layer("transcoders/layer_{layer}.safetensors"),
+        architectures=per_layer("transcoders/layer_{layer}.architecture.json"),
     output:
         config=f"{RESULTS}/transcoders/config.yaml",
     params:
-        layers=LAYERS,
-        scan=config["attribution"]["scan"],
+        settings=settings("write_transcoder_set"),
     log:
         f"{RESULTS}/logs/write_transcoder_set.log",
     threads: 1

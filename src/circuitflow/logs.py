@@ -22,16 +22,21 @@ def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> log
     return logging.getLogger("circuitflow")
 
 
-def start_job(log_path: str | None, threads: int = 1) -> logging.Logger:
-    """First call of every workflow script: log to the rule's log file, cap torch threads."""
-    logger = setup_logging(log_path)
-    # Several jobs often share few cores: idle OpenMP threads should sleep, not spin
-    # (measured: two competing 2-thread jobs ran 25 % faster). Must be set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
+def start_job(snakemake, uses_torch: bool = True):
+    """First call of every workflow script: log to the rule's log file, cap torch threads, and
+    return the rule's settings rebuilt from its params (None for a rule without settings)."""
+    from circuitflow.config import RULE_SETTINGS, from_params
 
-    torch.set_num_threads(max(1, threads))
-    return logger
+    setup_logging(snakemake.log[0] if snakemake.log else None)
+    if uses_torch:
+        # Several jobs often share few cores: idle OpenMP threads should sleep, not spin
+        # (measured: two competing 2-thread jobs ran 25 % faster). Must be set before torch loads.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        import torch
+
+        torch.set_num_threads(max(1, snakemake.threads))
+    settings_class = RULE_SETTINGS.get(snakemake.rule)
+    return from_params(settings_class, snakemake.params.settings) if settings_class else None
 
 
 def pick_device(name: str) -> str:

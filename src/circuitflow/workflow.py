@@ -1,58 +1,127 @@
-"""Helpers that the Snakefile calls at parse time (kept here so they are testable)."""
+"""What the Snakefile needs at parse time: the run's plan and each rule's params (torch-free).
+
+`plan_workflow` reads the validated config once: output folders, the model's facts (from the
+materialized folder when it exists, else from the source, without loading weights), the
+resolved layer lists and the prompts, with the cross-field checks that the schema cannot
+express. The rule files only call the functions here; none of them holds logic of its own.
+"""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from circuitflow.model import ModelSourceError, count_layers, read_model_config, resolve_source
-from circuitflow.prompts import discover_prompts
+from circuitflow.config import (
+    ConfigError,
+    PromptSettings,
+    WorkflowSettings,
+    as_params,
+    build,
+    config_value,
+    settings_for,
+)
+from circuitflow.data.prompts import CONFIG_ORIGIN, discover_prompts
+from circuitflow.model.facts import ModelFacts, read_model_facts
+from circuitflow.model.source import resolve_source, source_facts
+
+
+@dataclass(frozen=True)
+class WorkflowPlan:
+    run: str
+    results: str  # results/<run>
+    model_dir: str  # resources/models/<model.name>
+    n_layers: int
+    layers: tuple[int, ...]  # activations.layers, resolved: layers with a transcoder
+    feature_layers: tuple[int, ...]  # features.layers, resolved (a subset of `layers`)
+    prompts: dict[str, str]  # slug -> origin (a file path, or config:attribution.prompts.<slug>)
+
+    @property
+    def complete(self) -> bool:
+        """Every layer has a transcoder (what attribution needs)."""
+        return self.layers == tuple(range(self.n_layers))
 
 
 def model_folder(config: dict) -> str:
-    return f"resources/models/{config['model']['name']}"
+    return f"resources/models/{config_value(config, 'model.name')}"
 
 
-def resolve_layers(config: dict) -> list[int]:
-    """`activations.layers: all` becomes every layer of the model, read without loading weights."""
-    wanted = config["activations"]["layers"]
-    n_layers = config["model"].get("n_layers")
-    if n_layers is None:
-        materialized = Path(model_folder(config)) / "config.json"
-        if materialized.is_file():
-            n_layers = count_layers(json.loads(materialized.read_text()))
-        else:
-            source = resolve_source(config["model"]["source"], config["model"].get("revision"))
-            n_layers = count_layers(read_model_config(source))
+def _model_facts(config: dict, settings: WorkflowSettings) -> ModelFacts | None:
+    """The model's facts, or None when only `model.n_layers` is known (a hub model offline)."""
+    materialized = Path(model_folder(config))
+    if (materialized / "config.json").is_file():
+        return read_model_facts(materialized)
+    source = resolve_source(config_value(config, "model.source"), config_value(config, "model.revision"))
+    if settings.n_layers is not None and source.kind == "hub":
+        return None
+    return source_facts(source)
+
+
+def _resolve(wanted, available: list[int], key: str, what: str) -> tuple[int, ...]:
     if wanted == "all":
-        return list(range(n_layers))
-    bad = [layer for layer in wanted if not 0 <= layer < n_layers]
-    if bad:
-        raise ModelSourceError(f"activations.layers {bad} out of range: the model has {n_layers} layers")
-    return sorted(set(wanted))
+        return tuple(available)
+    outside = sorted(set(wanted) - set(available))
+    if outside:
+        raise ConfigError(f"{key} {outside}: {what} {available}")
+    return tuple(sorted(set(wanted)))
 
 
-def prompt_origins(config: dict) -> dict[str, str]:
-    attribution = config["attribution"]
-    return discover_prompts(attribution.get("prompts_dir"), attribution.get("prompts"))
+def plan_workflow(config: dict) -> WorkflowPlan:
+    """Resolve the validated config into the run's plan, failing early with the key named."""
+    settings = build(WorkflowSettings, config)
+    facts = _model_facts(config, settings)
+    n_layers = settings.n_layers if settings.n_layers is not None else facts.n_layers
+    layers = _resolve(config_value(config, "activations.layers"), list(range(n_layers)), "activations.layers",
+                      "out of range, the model has layers")
+    feature_layers = _resolve(config_value(config, "features.layers"), list(layers), "features.layers",
+                              "have no transcoder; transcoders are trained for activations.layers")
+    k, n_features = config_value(config, "transcoder.k"), config_value(config, "transcoder.n_features")
+    if config_value(config, "transcoder.activation") == "topk" and k > n_features:
+        raise ConfigError(f"transcoder.k {k} exceeds transcoder.n_features {n_features}: lower k or add features")
+    context = config_value(config, "dataset.context_length")
+    if facts is not None and facts.context_length is not None and context > facts.context_length:
+        raise ConfigError(f"dataset.context_length {context} exceeds the model's context of "
+                          f"{facts.context_length} positions")
+    prompt_settings = build(PromptSettings, config)
+    prompts = discover_prompts(prompt_settings.prompts_dir, prompt_settings.prompts)
+    return WorkflowPlan(settings.run, f"results/{settings.run}", model_folder(config), n_layers, layers,
+                        feature_layers, prompts)
 
 
-def resolve_feature_layers(config: dict, transcoder_layers: list[int]) -> list[int]:
-    """`features.layers`, each of which must have a transcoder (a layer of `activations.layers`)."""
-    from circuitflow.features import FeatureRequestError
-
-    wanted = config["features"]["layers"]
-    if wanted == "all":
-        return list(transcoder_layers)
-    missing = sorted(set(wanted) - set(transcoder_layers))
-    if missing:
-        raise FeatureRequestError(
-            f"features.layers {missing} have no transcoder: transcoders are trained for "
-            f"activations.layers {transcoder_layers}")
-    return sorted(set(wanted))
+def rule_params(rule: str, config: dict, plan: WorkflowPlan) -> dict:
+    """The settings of `rule` as plain data for its `params` (derived fields from the plan)."""
+    derived = {
+        "cache_activations": {"layers": plan.layers},
+        "write_transcoder_set": {"layers": plan.layers},
+        "collect_features": {"layers": plan.feature_layers, "source_id": f"{plan.run}-transcoders"},
+        "collect_neurons": {"layers": plan.feature_layers, "source_id": f"{plan.run}-neurons"},
+    }.get(rule, {})
+    return as_params(settings_for(rule, config, **derived))
 
 
-def collect_settings(config: dict, layers: list[int]) -> dict:
-    """The `CollectSettings` fields taken from the config (a plain dict for Snakemake params)."""
-    return {**config["features"], "layers": list(layers), "n_neurons": config["neurons"]["n_per_layer"],
-            "seed": config["seed"], "model_dtype": config["model"]["dtype"]}
+def dataset_files(config: dict) -> list[str]:
+    """A local corpus file is an input, so editing it reruns the dataset (hub ids are not files)."""
+    source = config_value(config, "dataset.source")
+    return [] if source.startswith("hf:") else [source]
+
+
+def prompt_files(plan: WorkflowPlan, slug: str) -> list[str]:
+    """The prompt's file, so editing it reruns its graph (config prompts have no file)."""
+    origin = plan.prompts[slug]
+    return [] if origin.startswith(CONFIG_ORIGIN) else [origin]
+
+
+def prompt_param(config: dict, plan: WorkflowPlan, slug: str) -> dict:
+    """What attribute_prompt reads: the origin, and the text itself for a config prompt."""
+    origin = plan.prompts[slug]
+    text = build(PromptSettings, config).prompts[slug] if origin.startswith(CONFIG_ORIGIN) else None
+    return {"slug": slug, "origin": origin, "text": text}
+
+
+def require_complete_set(plan: WorkflowPlan) -> None:
+    """Attribution replaces every MLP: say which layers lack a transcoder before any job runs."""
+    if not plan.complete:
+        missing = sorted(set(range(plan.n_layers)) - set(plan.layers))
+        raise ConfigError(
+            f"attribution graphs need a transcoder for every layer, but activations.layers leaves out "
+            f"layer(s) {missing} of the model's {plan.n_layers}; set activations.layers: all, or build "
+            "only the targets `transcoders` and `features`")

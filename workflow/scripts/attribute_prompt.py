@@ -1,12 +1,9 @@
 """Rule attribute_prompt: one circuit-tracer attribution graph for one prompt."""
-from circuitflow.logs import pick_device, start_job
+from circuitflow.logs import start_job
 
-start_job(snakemake.log[0], snakemake.threads)
+settings = start_job(snakemake)
 
-from circuitflow.attribution import AttributionSettings, attribute_prompt_file
+from circuitflow.attribution import attribute_prompt
 
-prompt = snakemake.params.prompt
-settings = AttributionSettings(**snakemake.params.settings, device=pick_device(snakemake.params.device))
-attribute_prompt_file(prompt["origin"], snakemake.wildcards.slug, snakemake.input.model,
-                      snakemake.input.transcoders, settings, snakemake.output.graph,
-                      snakemake.output.metadata, snakemake.output.scores, prompt["inline"])
+attribute_prompt(snakemake.params.prompt, snakemake.input.model, snakemake.input.transcoders,
+                 snakemake.output.graph, snakemake.output.metadata, snakemake.output.scores, settings)

@@ -1,11 +1,9 @@
 """Rule collect_features: activating examples of every live transcoder feature."""
-from circuitflow.logs import pick_device, start_job
+from circuitflow.logs import start_job
 
-start_job(snakemake.log[0], snakemake.threads)
+settings = start_job(snakemake)
 
-from circuitflow.features import CollectSettings, collect_features
+from circuitflow.features import collect_features
 
-settings = CollectSettings(**{**snakemake.params.settings, "layers": tuple(snakemake.params.settings["layers"])},
-                           device=pick_device(snakemake.params.device))
-collect_features(snakemake.input.model, snakemake.input.transcoders, snakemake.input.validation, settings,
-                 snakemake.output.features, snakemake.output.metadata, snakemake.params.transcoder_id)
+collect_features(snakemake.input.model, snakemake.input.transcoders, snakemake.input.validation,
+                 snakemake.output.features, snakemake.output.metadata, settings)

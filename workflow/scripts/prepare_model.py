@@ -1,9 +1,8 @@
 """Rule prepare_model: materialize model.source into a plain safetensors folder."""
 from circuitflow.logs import start_job
 
-start_job(snakemake.log[0], snakemake.threads)
+settings = start_job(snakemake)
 
-from circuitflow.model import materialize_model
+from circuitflow.model import prepare_model
 
-model = snakemake.params.model
-materialize_model(model["source"], snakemake.output[0], model["dtype"], model.get("revision"))
+prepare_model(snakemake.output[0], settings)

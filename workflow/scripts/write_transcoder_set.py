@@ -1,9 +1,9 @@
-"""Rule write_transcoder_set: the transcoder set's circuit-tracer config.yaml."""
+"""Rule write_transcoder_set: the transcoder set's config.yaml, checked against the model."""
 from circuitflow.logs import start_job
 
-start_job(snakemake.log[0], snakemake.threads)
+settings = start_job(snakemake)
 
-from circuitflow.transcoder import write_transcoder_set_config
+from circuitflow.transcoders import write_transcoder_set
 
-weights = dict(zip(snakemake.params.layers, snakemake.input.weights))
-write_transcoder_set_config(weights, snakemake.output.config, snakemake.input.model, snakemake.params.scan)
+write_transcoder_set(snakemake.input.model, dict(zip(settings.layers, snakemake.input.weights)),
+                     snakemake.output.config, settings)

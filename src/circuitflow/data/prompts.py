@@ -15,6 +15,7 @@ from pathlib import Path
 
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 RESERVED_SLUGS = {"graph-metadata", "graph-scores"}
+CONFIG_ORIGIN = "config:attribution.prompts."  # origin of a prompt written in the config
 
 
 class PromptError(ValueError):
@@ -24,7 +25,7 @@ class PromptError(ValueError):
 @dataclass(frozen=True)
 class Prompt:
     slug: str
-    origin: str  # the file path, or "config:attribution.prompts.<slug>"
+    origin: str  # the file path, or CONFIG_ORIGIN + slug
     text: str
     input_ids: tuple[int, ...]  # starts with BOS when the tokenizer has one
     target_id: int | None
@@ -49,7 +50,7 @@ def discover_prompts(prompts_dir: str | None, inline: dict[str, str] | None) -> 
         for path in sorted(folder.glob("*.txt")):
             found[check_slug(path.stem, str(path))] = str(path)
     for slug in sorted(inline or {}):
-        origin = f"config:attribution.prompts.{slug}"
+        origin = CONFIG_ORIGIN + slug
         check_slug(slug, origin)
         if slug in found:
             raise PromptError(f"{origin}: prompt name {slug!r} is also used by {found[slug]}")
@@ -58,8 +59,8 @@ def discover_prompts(prompts_dir: str | None, inline: dict[str, str] | None) -> 
 
 
 def read_prompt_text(origin: str, inline: dict[str, str] | None = None) -> str:
-    if origin.startswith("config:"):
-        text = (inline or {})[origin.rsplit(".", 1)[1]]
+    if origin.startswith(CONFIG_ORIGIN):
+        text = (inline or {})[origin[len(CONFIG_ORIGIN):]]
     else:
         text = Path(origin).read_text(encoding="utf-8")
     if text.endswith("\r\n"):

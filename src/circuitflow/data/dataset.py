@@ -37,7 +37,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from circuitflow.config import PrepareDatasetSettings
 from circuitflow.io import atomic_path, sha256_file, write_json
+from circuitflow.model.facts import read_model_facts
 
 log = logging.getLogger("circuitflow.dataset")
 
@@ -51,20 +53,6 @@ WINDOW_SCHEMA = pa.schema([
 
 class DatasetError(ValueError):
     """The configured dataset cannot be read or is unusable."""
-
-
-@dataclass(frozen=True)
-class DatasetSettings:
-    source: str
-    text_field: str = "text"
-    domain_field: str | None = "domain"
-    hub_split: str = "train"
-    hub_config: str | None = None
-    validation_fraction: float = 0.05
-    context_length: int = 128
-    train_tokens: int | None = None
-    validation_tokens: int | None = None
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,7 +72,7 @@ def _base_suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def read_records(settings: DatasetSettings) -> list[Record]:
+def read_records(settings: PrepareDatasetSettings) -> list[Record]:
     """Every non-empty record of the source, in source order."""
     source = settings.source
     if source.startswith("hf:"):
@@ -133,7 +121,7 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _read_txt(path: Path, settings: DatasetSettings) -> list[dict]:
+def _read_txt(path: Path, settings: PrepareDatasetSettings) -> list[dict]:
     """A plain text file: one record per blank-line separated paragraph, domain = file stem."""
     with _open_text(path) as handle:
         text = handle.read()
@@ -143,7 +131,7 @@ def _read_txt(path: Path, settings: DatasetSettings) -> list[dict]:
             for block in text.split("\n\n") if block.strip()]
 
 
-def _read_hub(settings: DatasetSettings) -> list[dict]:
+def _read_hub(settings: PrepareDatasetSettings) -> list[dict]:
     try:
         import datasets
     except ImportError as error:
@@ -154,6 +142,12 @@ def _read_hub(settings: DatasetSettings) -> list[dict]:
     except Exception as error:
         raise DatasetError(f"dataset.source {settings.source!r}: cannot load it ({error})") from error
     return list(data)
+
+
+def usable_positions(context_length: int) -> int:
+    """Positions of a window that carry data: all but position 0, the BOS that circuit-tracer
+    zeroes (so it is never cached, trained on, collected or attributed)."""
+    return context_length - 1
 
 
 def is_validation(record: Record, fraction: float) -> bool:
@@ -168,7 +162,7 @@ def pack_windows(records: list[Record], tokenizer, context_length: int) -> list[
     sep = tokenizer.eos_token_id
     if bos is None:
         raise DatasetError("the tokenizer has neither a BOS nor an EOS token to start windows with")
-    body = context_length - 1
+    body = usable_positions(context_length)
     by_domain: dict[str, list[Record]] = defaultdict(list)
     for record in records:
         by_domain[record.domain].append(record)
@@ -196,20 +190,18 @@ def pack_windows(records: list[Record], tokenizer, context_length: int) -> list[
 def _select(windows: list[dict], max_tokens: int | None, context_length: int, rng: random.Random) -> list[dict]:
     rng.shuffle(windows)
     if max_tokens is not None:
-        # Position 0 (BOS) is never used, so each window contributes context_length - 1 tokens.
-        windows = windows[: -(-max_tokens // (context_length - 1))]
+        windows = windows[: -(-max_tokens // usable_positions(context_length))]
     for seq, window in enumerate(windows):
         window["seq"] = seq
     return windows
 
 
-def prepare_dataset(settings: DatasetSettings, model_dir: str | Path, out_train: str | Path,
-                    out_validation: str | Path, out_summary: str | Path) -> dict:
+def prepare_dataset(model_dir: str | Path, out_train: str | Path, out_validation: str | Path,
+                    out_summary: str | Path, settings: PrepareDatasetSettings) -> dict:
     """Read, split, tokenize and write both splits plus a JSON summary."""
-    from circuitflow.model import load_tokenizer
+    from circuitflow.model.loading import load_tokenizer
 
-    model_config = json.loads((Path(model_dir) / "config.json").read_text())
-    max_positions = model_config.get("max_position_embeddings") or model_config.get("n_positions")
+    max_positions = read_model_facts(model_dir).context_length
     if max_positions and settings.context_length > max_positions:
         raise DatasetError(
             f"dataset.context_length {settings.context_length} exceeds the model's context "
@@ -244,8 +236,9 @@ def prepare_dataset(settings: DatasetSettings, model_dir: str | Path, out_train:
         domains = Counter(w["domain"] for w in windows)
         summary["splits"][name] = {
             "windows": len(windows),
-            "tokens": len(windows) * (settings.context_length - 1),
-            "tokens_per_domain": {d: n * (settings.context_length - 1) for d, n in sorted(domains.items())},
+            "tokens": len(windows) * usable_positions(settings.context_length),
+            "tokens_per_domain": {d: n * usable_positions(settings.context_length)
+                                  for d, n in sorted(domains.items())},
             "sha256": sha256_file(out),
         }
         log.info("%s: %d windows (%s)", name, len(windows), dict(sorted(domains.items())))

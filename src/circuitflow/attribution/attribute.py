@@ -3,8 +3,7 @@
 Uses circuit-tracer 0.5.0's `ReplacementModel`, `attribute()`, `compute_graph_scores` and
 `create_graph_files`, float32 on CPU. Known 0.5.0 issues handled here:
 
-- error nodes got ids ``0_{layer}_{pos}`` that collide with layer-0 feature nodes (issue #78);
-  `patch_error_node_ids` applies the upstream fix (``{layer}_-1_{pos}``) before graphs are written;
+- error nodes got ids that collide with layer-0 feature nodes: see `circuitflow.attribution.patches`;
 - the TransformerLens backend rejects local folders and ignores Llama's ``rope_theta``
   (SmolLM2 uses 100000), so the default backend is nnsight, which loads the local folder with
   transformers itself;
@@ -15,56 +14,33 @@ Uses circuit-tracer 0.5.0's `ReplacementModel`, `attribute()`, `compute_graph_sc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from circuitflow.attribution.patches import patch_error_node_ids
+from circuitflow.config import AttributePromptSettings
+from circuitflow.data.prompts import Prompt, read_prompt_text, tokenize_prompt
 from circuitflow.io import atomic_path, write_json
-from circuitflow.prompts import Prompt, read_prompt_text, tokenize_prompt
+from circuitflow.logs import pick_device
+from circuitflow.model.facts import read_model_facts
+from circuitflow.model.loading import load_tokenizer
+from circuitflow.transcoders.circuit_tracer import load_transcoder_set
 
 log = logging.getLogger("circuitflow.attribution")
 
 
-@dataclass(frozen=True)
-class AttributionSettings:
-    backend: str = "nnsight"
-    max_n_logits: int = 10
-    desired_logit_prob: float = 0.95
-    batch_size: int = 128
-    max_feature_nodes: int | None = 2000
-    node_threshold: float = 0.8
-    edge_threshold: float = 0.98
-    drop_last_token_as_target: bool = True
-    scan: str | None = None
-    device: str = "cpu"
-
-
-def patch_error_node_ids() -> None:
-    """Give error nodes ids that cannot collide with feature ids (upstream fix of #78)."""
-    from circuit_tracer.frontend import graph_models
-
-    def error_node(cls, layer, pos, influence=None):
-        return cls(node_id=f"{layer}_-1_{pos}", feature=-1, layer=str(layer), ctx_idx=pos,
-                   feature_type="mlp reconstruction error", jsNodeId=f"{layer}_-1-{pos}",
-                   influence=influence)
-
-    graph_models.Node.error_node = classmethod(error_node)
-
-
-def load_replacement_model(model_dir: str | Path, transcoder_config: str | Path, backend: str = "nnsight",
-                           device: str = "cpu"):
+def load_replacement_model(model_dir: str | Path, transcoder_set: str | Path, backend: str, device: str):
     from circuit_tracer import ReplacementModel
 
-    from circuitflow.transcoder import load_transcoder_set
-
     model_dir = Path(model_dir).resolve()
-    d_model = json.loads((model_dir / "config.json").read_text())["hidden_size"]
-    transcoders = load_transcoder_set(transcoder_config, d_model=d_model)
+    facts = read_model_facts(model_dir)
+    transcoders = load_transcoder_set(transcoder_set, facts.n_layers, d_model=facts.d_model)
     return ReplacementModel.from_pretrained_and_transcoders(
         str(model_dir), transcoders, backend=backend, device=torch.device(device), dtype=torch.float32)
 
@@ -77,8 +53,8 @@ def next_token_probabilities(model, input_ids: torch.Tensor) -> torch.Tensor:
     return logits.float().softmax(-1).cpu()
 
 
-def attribute_prompt(prompt: Prompt, model, tokenizer, settings: AttributionSettings,
-                     out_graph: str | Path, out_metadata: str | Path, out_scores: str | Path) -> dict:
+def write_attribution(prompt: Prompt, model, tokenizer, out_graph: str | Path, out_metadata: str | Path,
+                      out_scores: str | Path, settings: AttributePromptSettings) -> dict:
     """Attribute one prompt and write its pruned graph JSON, metadata entry and scores."""
     from circuit_tracer import attribute
     from circuit_tracer.graph import compute_graph_scores
@@ -142,19 +118,22 @@ def attribute_prompt(prompt: Prompt, model, tokenizer, settings: AttributionSett
     return scores
 
 
-def attribute_prompt_file(origin: str, slug: str, model_dir: str | Path, transcoder_config: str | Path,
-                          settings: AttributionSettings, out_graph, out_metadata, out_scores,
-                          inline_prompts: dict[str, str] | None = None) -> dict:
-    """Rule entry point: read and check the prompt first (cheap), then load models and attribute."""
-    from circuitflow.model import load_tokenizer
+def attribute_prompt(prompt: dict, model_dir: str | Path, transcoder_set: str | Path, out_graph: str | Path,
+                     out_metadata: str | Path, out_scores: str | Path, settings: AttributePromptSettings) -> dict:
+    """Rule entry point: read and check the prompt and the set first (cheap), then load and attribute.
 
+    `prompt` is ``{"slug", "origin", "text"}`` (`circuitflow.workflow.prompt_param`): ``text``
+    is set for prompts written in the config and None for prompt files.
+    """
+    settings = dataclasses.replace(settings, device=pick_device(settings.device))
+    slug, origin = prompt["slug"], prompt["origin"]
     tokenizer = load_tokenizer(model_dir)
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    prompt = tokenize_prompt(slug, origin, read_prompt_text(origin, inline_prompts), tokenizer,
-                             settings.drop_last_token_as_target, config.get("max_position_embeddings"))
-    log.info("prompt %s: %d tokens, target %r", origin, len(prompt.input_ids), prompt.target_token)
+    facts = read_model_facts(model_dir)
+    inline = {slug: prompt["text"]} if prompt.get("text") is not None else None
+    tokenized = tokenize_prompt(slug, origin, read_prompt_text(origin, inline), tokenizer,
+                                settings.drop_last_token_as_target, facts.context_length)
+    log.info("prompt %s: %d tokens, target %r", origin, len(tokenized.input_ids), tokenized.target_token)
     started = time.perf_counter()
-    model = load_replacement_model(model_dir, transcoder_config, settings.backend, settings.device)
+    model = load_replacement_model(model_dir, transcoder_set, settings.backend, settings.device)
     log.info("loaded replacement model in %.1fs", time.perf_counter() - started)
-    scores = attribute_prompt(prompt, model, tokenizer, settings, out_graph, out_metadata, out_scores)
-    return scores
+    return write_attribution(tokenized, model, tokenizer, out_graph, out_metadata, out_scores, settings)

@@ -1,4 +1,4 @@
-"""Pack per-feature JSON files into circuit-tracer's packed binary format, and read it back.
+"""pack_features: per-feature JSON files into circuit-tracer's packed binary format; reading it back.
 
 Input: a folder with one JSON object per live feature, named ``<cantor(layer, feature)>.json``,
 each carrying at least integer ``layer`` and ``feature`` keys that agree with its name.
@@ -8,7 +8,9 @@ Output folder (what circuit-tracer's frontend and Hugging Face ``features/`` fol
     index.json.gz                   gzip of compact JSON:
                                     {"version": "1.0", "format": "variable_chunks",
                                      "0": {"filename": "layer_0.bin", "offsets": [...]}, ...}
-    layer_0.bin ... layer_{L-1}.bin entries concatenated, no header, no padding
+    layer_{l}.bin                   one per layer of the set, entries concatenated, no header,
+                                    no padding; index keys are the real layer numbers, so a
+                                    set of layers [3, 5] gives "3" and "5"
 
 One *entry* per live feature::
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
+import logging
 import os
 import re
 import struct
@@ -39,9 +41,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from circuitflow.features.ids import cantor, cantor_unpair
 from circuitflow.io import atomic_path
 
-__all__ = ["PackError", "cantor", "cantor_unpair", "pack_features", "pack_transcoder_features", "read_packed_feature"]
+log = logging.getLogger("circuitflow.features")
+
+__all__ = ["PackError", "pack_feature_folder", "pack_features", "read_packed_feature"]
 
 INDEX_NAME = "index.json.gz"
 INDEX_VERSION = "1.0"
@@ -54,23 +59,6 @@ _NAME_RE = re.compile(r"(0|[1-9][0-9]*)\.json")
 
 class PackError(ValueError):
     """Invalid feature input or a corrupt packed folder; the message names the file."""
-
-
-def cantor(layer: int, feature: int) -> int:
-    """Cantor pairing used by circuit-tracer for feature node ids: (l+f)(l+f+1)/2 + f."""
-    if layer < 0 or feature < 0:
-        raise ValueError(f"cantor pairing needs non-negative ints, got ({layer}, {feature})")
-    s = layer + feature
-    return s * (s + 1) // 2 + feature
-
-
-def cantor_unpair(z: int) -> tuple[int, int]:
-    """Inverse of `cantor`: z -> (layer, feature), exact for any size (isqrt, no floats)."""
-    if z < 0:
-        raise ValueError(f"cantor id must be non-negative, got {z}")
-    w = (math.isqrt(8 * z + 1) - 1) // 2
-    feature = z - w * (w + 1) // 2
-    return w - feature, feature
 
 
 def _reject_constant(name: str) -> Any:
@@ -108,11 +96,11 @@ def _load_feature(path: Path, label: str, layer: int, feature: int) -> tuple[Any
     return obj, len(raw)
 
 
-def _scan_names(feature_dir: Path, n_layers: int, n_features: int) -> dict[int, list[int]]:
+def _scan_names(feature_dir: Path, layers: list[int], n_features: int) -> dict[int, list[int]]:
     """List the folder once and map layer -> sorted live features, checking every name."""
     if not feature_dir.is_dir():
         raise PackError(f"{feature_dir} is not a folder")
-    by_layer: dict[int, list[int]] = {layer: [] for layer in range(n_layers)}
+    by_layer: dict[int, list[int]] = {layer: [] for layer in layers}
     with os.scandir(feature_dir) as entries:
         for entry in entries:
             if entry.name.startswith("."):
@@ -124,10 +112,10 @@ def _scan_names(feature_dir: Path, n_layers: int, n_features: int) -> dict[int, 
             if not entry.is_file():
                 raise PackError(f"{label} is not a regular file")
             layer, feature = cantor_unpair(int(match.group(1)))
-            if layer >= n_layers or feature >= n_features:
+            if layer not in by_layer or feature >= n_features:
                 raise PackError(
                     f"{label} is (layer {layer}, feature {feature}), outside "
-                    f"{n_layers} layers x {n_features} features"
+                    f"layers {layers} x {n_features} features"
                 )
             by_layer[layer].append(feature)
     for features in by_layer.values():
@@ -147,20 +135,21 @@ def _entry(obj: Any) -> bytes:
     return _LENGTH.pack(len(member)) + member
 
 
-def pack_features(
-    feature_dir: str | os.PathLike, out_dir: str | os.PathLike, n_layers: int, n_features: int
+def pack_feature_folder(
+    feature_dir: str | os.PathLike, out_dir: str | os.PathLike, layers: list[int], n_features: int
 ) -> dict[str, Any]:
     """Pack ``feature_dir/<cantor>.json`` into ``out_dir`` (replaced atomically); see module doc.
 
     Every file is validated before anything is written, so bad input raises `PackError` and
-    leaves an existing ``out_dir`` untouched. Returns a summary: n_layers, n_features,
+    leaves an existing ``out_dir`` untouched. Returns a summary: layers, n_features,
     n_packed, layer_bytes (size of each layer file), index_bytes, json_bytes (input bytes),
     packed_bytes (all output bytes).
     """
-    if n_layers < 1 or n_features < 1:
-        raise ValueError(f"n_layers and n_features must be >= 1, got {n_layers}, {n_features}")
+    layers = sorted(set(layers))
+    if not layers or layers[0] < 0 or n_features < 1:
+        raise ValueError(f"need at least one layer >= 0 and n_features >= 1, got {layers}, {n_features}")
     feature_dir, out_dir = Path(feature_dir), Path(out_dir)
-    by_layer = _scan_names(feature_dir, n_layers, n_features)
+    by_layer = _scan_names(feature_dir, layers, n_features)
 
     # Validation pass: parse each file once and drop it (memory stays one file), so a bad file
     # fails fast, before minutes of compression, and nothing is ever written for bad input.
@@ -173,7 +162,7 @@ def pack_features(
     index: dict[str, Any] = {"version": INDEX_VERSION, "format": INDEX_FORMAT}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        for layer in range(n_layers):
+        for layer in layers:
             live = by_layer[layer]
             offsets = [0] * (n_features + 1)
             position = 0
@@ -201,7 +190,7 @@ def pack_features(
         (tmp / INDEX_NAME).write_bytes(index_data)
 
     return {
-        "n_layers": n_layers,
+        "layers": layers,
         "n_features": n_features,
         "n_packed": sum(len(features) for features in by_layer.values()),
         "layer_bytes": layer_bytes,
@@ -241,10 +230,12 @@ def read_packed_feature(packed_dir: str | os.PathLike, layer: int, feature: int)
     return json.loads(gzip.decompress(chunk[_LENGTH.size : _LENGTH.size + length]))
 
 
-def pack_transcoder_features(feature_dir: str | os.PathLike, transcoder_config: str | os.PathLike,
-                             out_dir: str | os.PathLike) -> dict[str, Any]:
-    """Rule entry point: pack with the layer and feature counts of a transcoder set config."""
-    import yaml
+def pack_features(feature_dir: str | os.PathLike, transcoder_set: str | os.PathLike,
+                  out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Rule entry point: pack with the layers and feature count of a transcoder set config."""
+    from circuitflow.transcoders.sets import read_transcoder_set
 
-    config = yaml.safe_load(Path(transcoder_config).read_text())
-    return pack_features(feature_dir, out_dir, len(config["transcoders"]), int(config["n_features"]))
+    config = read_transcoder_set(transcoder_set)
+    summary = pack_feature_folder(feature_dir, out_dir, sorted(config.layers), config.n_features)
+    log.info("packed %(n_packed)d features: %(json_bytes)d bytes of JSON -> %(packed_bytes)d bytes", summary)
+    return summary

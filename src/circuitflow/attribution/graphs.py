@@ -1,4 +1,4 @@
-"""graphs: assemble per-prompt graphs into one folder that circuit-tracer's server reads.
+"""assemble_graphs: assemble per-prompt graphs into one folder that circuit-tracer's server reads.
 
 ``results/graphs/`` holds ``{slug}.json`` for every prompt, ``graph-metadata.json`` (the index
 the frontend lists), ``graph-scores.json`` (replacement/completeness scores and target logits
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from circuitflow.io import atomic_path, read_json, write_json
 
-log = logging.getLogger("circuitflow.graphs")
+log = logging.getLogger("circuitflow.attribution")
 
 FEATURE_NODE = "cross layer transcoder"  # circuit-tracer's feature_type for PLT and CLT nodes
 
@@ -37,7 +37,7 @@ def graph_feature_ids(graph_path: str | Path) -> set[int]:
 
 
 def assemble_graphs(graphs: dict[str, str], metadata: dict[str, str], scores: dict[str, str],
-                    out_dir: str | Path, feature_dir: str | Path | None = None) -> dict:
+                    feature_dir: str | Path | None, out_dir: str | Path) -> dict:
     """Hard-link (or copy) each slug's graph and its features' example files into `out_dir`."""
     slugs = sorted(graphs)
     needed: set[int] = set()

@@ -1,4 +1,4 @@
-"""circuitflow.serve: a real server on a free loopback port, real HTTP (urllib), no mocks.
+"""circuitflow.viewer: a real server on a free loopback port, real HTTP (urllib), no mocks.
 
 Needs ``frontend/node_modules`` (``npm ci --prefix frontend``); those tests skip with that
 reason when it is missing. The browser tests also need Debian's ``chromium`` and skip
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from circuitflow.serve import FrontendError, build_viewer, main, parse_range, serve_graphs
+from circuitflow.viewer import FrontendError, build_viewer, main, parse_range, serve_graphs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FRONTEND = ROOT / "frontend"
 needs_node_modules = pytest.mark.skipif(
     not (FRONTEND / "node_modules").is_dir(),
@@ -144,6 +144,16 @@ def test_parse_range():
     assert parse_range("bytes=0-1,4-5", 10) is None  # multi-range: whole file
     assert parse_range("items=0-1", 10) is None
     assert parse_range("bytes=5-2", 10) is None  # invalid: ignored
+    # Positions too long for int() (over 4,300 digits) are past the end of any file.
+    assert parse_range("bytes=" + "9" * 4300 + "-", 10) == "unsatisfiable"
+    huge = "9" * 4301
+    assert parse_range(f"bytes={huge}-", 10) == "unsatisfiable"
+    assert parse_range(f"bytes={huge}-{huge}1", 10) == "unsatisfiable"
+    assert parse_range(f"bytes=2-{huge}", 10) == (2, 9)
+    assert parse_range(f"bytes=-{huge}", 10) == (0, 9)
+    assert parse_range(f"bytes={huge}1-{huge}", 10) is None  # invalid: ignored
+    assert parse_range(f"bytes={'0' * 4300}3-{'0' * 4300}5", 10) == (3, 5)
+    assert parse_range("bytes=18446744073709551616-", 10) == "unsatisfiable"  # 2**64
 
 
 def test_main_reports_a_missing_graph_folder(tmp_path, capsys):
@@ -231,6 +241,16 @@ def test_range_requests_on_a_packed_layer_file(server, graph_dir):
 
 
 @needs_node_modules
+@pytest.mark.parametrize("n_digits", [4300, 4301, 20000])  # int() refuses over 4,300 digits
+def test_a_range_too_long_for_int_is_not_satisfiable(server, graph_dir, n_digits):
+    size = (graph_dir / "features" / "layer_1.bin").stat().st_size
+    status, headers, _ = fetch(f"{server.base_url}/data/features/layer_1.bin",
+                               headers={"Range": "bytes=" + "9" * n_digits + "-"})
+    assert status == 416 and headers["Content-Range"] == f"bytes */{size}"
+    assert server.requests[-1] == ("GET", "/data/features/layer_1.bin", 416)
+
+
+@needs_node_modules
 def test_large_json_is_gzipped_only_when_accepted(server, graph_dir):
     big = {"graphs": [], "padding": "x" * (1024 * 1024 + 10)}
     (graph_dir / "big.json").write_text(json.dumps(big), encoding="utf-8")
@@ -285,7 +305,7 @@ def test_port_zero_and_stop(graph_dir):
 @needs_node_modules
 def test_console_script_entry_point(graph_dir):
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from circuitflow.serve import main; sys.exit(main())",
+        [sys.executable, "-c", "import sys; from circuitflow.viewer import main; sys.exit(main())",
          "--graph_dir", str(graph_dir), "--port", "0", "--frontend_dir", str(FRONTEND)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -358,6 +378,7 @@ def png_pixels(path: Path) -> tuple[int, int, list[bytes]]:
     return width, height, [bytes(r[i : i + 3]) for r in rows for i in range(0, stride, bpp)]
 
 
+@pytest.mark.slow
 @needs_node_modules
 @needs_chromium
 def test_viewer_renders_offline_in_headless_chromium(server, tmp_path):
@@ -435,6 +456,7 @@ document.body.appendChild(pre)
 """
 
 
+@pytest.mark.slow
 @needs_node_modules
 @needs_chromium
 def test_vendored_jetpack_behaves_like_the_viewer_expects(graph_dir, tmp_path):

@@ -1,169 +1,38 @@
 """train_transcoder: a sparse replacement of one MLP, trained from its cached activations.
 
-A transcoder reads the MLP input ``x`` and predicts the MLP output ``y``:
-
-    pre  = x @ W_enc.T + b_enc                  # [tokens, n_features]
-    acts = activation(pre)                      # TopK (ReLU of the k largest), ReLU or JumpReLU
-    y^   = acts @ W_dec + b_dec (+ x @ W_skip.T)
-
-Files use circuit-tracer's per-layer keys (``W_enc [F,d]``, ``W_dec [F,d]``, ``b_enc``,
-``b_dec``, optional ``W_skip [d,d]`` and ``activation_function.threshold``), plus safetensors
-header metadata naming the activation and ``k``. ReLU and JumpReLU files load with
-circuit-tracer's own ``load_relu_transcoder``; TopK cannot be expressed in circuit-tracer
-0.5.0's files, so `load_transcoder_set` builds it from the set's ``config.yaml``.
-
-Training (defaults follow the TopK recipe of Gao et al. and EleutherAI's sparsify): FVU loss,
-AuxK loss on dead latents (alpha 1/32, k_aux = d_model/2), Adam with linear warmup and linear
+The module and its files are in `circuitflow.transcoders.single_layer`. Training (defaults
+follow the TopK recipe of Gao et al. and EleutherAI's sparsify): FVU loss, AuxK loss on dead latents (alpha 1/32, k_aux = d_model/2), Adam with linear warmup and linear
 decay, decoder rows kept at unit norm (with the parallel gradient component removed),
 ``b_dec`` initialised to the mean MLP output and ``b_enc`` centring the mean input.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from circuitflow.activations import HOOK_IN, HOOK_OUT, ActivationShard
-from circuitflow.io import atomic_path, write_json
-from circuitflow.logs import Progress
+from circuitflow.activations.shards import ActivationShard
+from circuitflow.config import TrainingSettings, TrainTranscoderSettings
+from circuitflow.io import write_json
+from circuitflow.logs import Progress, pick_device
+from circuitflow.transcoders.single_layer import Transcoder, save_transcoder
 
-log = logging.getLogger("circuitflow.transcoder")
+log = logging.getLogger("circuitflow.transcoders")
 
-ACTIVATIONS = ("topk", "relu", "jumprelu")
 TRAINABLE = ("topk", "relu")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    n_features: int = 2048
-    activation: str = "topk"
-    k: int = 32
-    skip_connection: bool = True
-    steps: int = 250
-    batch_size: int = 1024
-    lr: float = 5e-3
-    warmup_steps: int = 20
-    final_lr_fraction: float = 0.0
-    auxk_alpha: float = 1 / 32
-    dead_tokens: int = 100_000
-    l1_coefficient: float = 1e-3
-    eval_tokens: int = 2048
-    shuffle_row_groups: int = 4
-    log_every_s: float = 10.0
-    seed: int = 0
-    device: str = "cpu"
-
-
-class ReluTopK(nn.Module):
-    """Keep the k largest pre-activations, then ReLU: sparse and never negative.
-
-    circuit-tracer 0.5.0's own ``TopK`` skips the ReLU; this module is used in its place so
-    attribution sees exactly the activations the transcoder was trained with.
-    """
-
-    def __init__(self, k: int):
-        super().__init__()
-        self.k = k
-
-    def forward(self, pre: torch.Tensor) -> torch.Tensor:
-        values, indices = torch.topk(pre, self.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}"
-
-
-class Transcoder(nn.Module):
-    def __init__(self, d_model: int, n_features: int, activation: str = "topk", k: int = 16,
-                 skip_connection: bool = False):
-        super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"transcoder activation {activation!r} is not one of {ACTIVATIONS}")
-        if activation == "topk" and not 0 < k <= n_features:
-            raise ValueError(f"transcoder k={k} must be in 1..n_features ({n_features})")
-        self.d_model, self.n_features, self.activation, self.k = d_model, n_features, activation, k
-        self.W_enc = nn.Parameter(torch.zeros(n_features, d_model))
-        self.b_enc = nn.Parameter(torch.zeros(n_features))
-        self.W_dec = nn.Parameter(torch.zeros(n_features, d_model))
-        self.b_dec = nn.Parameter(torch.zeros(d_model))
-        self.W_skip = nn.Parameter(torch.zeros(d_model, d_model)) if skip_connection else None
-        self.threshold = nn.Parameter(torch.zeros(n_features)) if activation == "jumprelu" else None
-
-    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.W_enc, self.b_enc)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Dense feature activations [tokens, n_features]."""
-        pre = self.pre_activations(x)
-        if self.activation == "topk":
-            return ReluTopK(self.k)(pre)
-        if self.activation == "jumprelu":
-            return pre * (pre > self.threshold)
-        return F.relu(pre)
-
-    def decode(self, acts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        out = acts @ self.W_dec + self.b_dec
-        if self.W_skip is not None:
-            out = out + x @ self.W_skip.T
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x), x)
-
-    def metadata(self) -> dict[str, str]:
-        return {"format": "circuitflow-transcoder-v1", "activation": self.activation, "k": str(self.k),
-                "d_model": str(self.d_model), "n_features": str(self.n_features)}
-
-    def state_for_file(self) -> dict[str, torch.Tensor]:
-        """Tensors under circuit-tracer's per-layer key names."""
-        state = {name: getattr(self, name) for name in ("W_enc", "W_dec", "b_enc", "b_dec")}
-        if self.W_skip is not None:
-            state["W_skip"] = self.W_skip
-        if self.threshold is not None:
-            state["activation_function.threshold"] = self.threshold
-        return {name: tensor.detach().float().cpu().contiguous() for name, tensor in state.items()}
-
-
-def save_transcoder(transcoder: Transcoder, path: str | Path, extra_metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    metadata = {**transcoder.metadata(), **{k: str(v) for k, v in (extra_metadata or {}).items()}}
-    with atomic_path(path) as tmp:
-        save_file(transcoder.state_for_file(), str(tmp), metadata=metadata)
-
-
-def load_transcoder(path: str | Path) -> Transcoder:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    activation = meta.get("activation") or ("jumprelu" if "activation_function.threshold" in tensors else "relu")
-    n_features, d_model = tensors["W_enc"].shape
-    transcoder = Transcoder(d_model, n_features, activation, int(meta.get("k", 0) or 0) or 1,
-                            skip_connection="W_skip" in tensors)
-    state = {("threshold" if key == "activation_function.threshold" else key): value
-             for key, value in tensors.items()}
-    transcoder.load_state_dict(state)
-    return transcoder
-
-
-# --------------------------------------------------------------------------- training
 
 
 class _Batches:
     """Seeded streaming batches from one shard: row groups in random order, rows shuffled
     within a buffer of `shuffle_row_groups` row groups. The last `eval_tokens` rows are held out."""
 
-    def __init__(self, shard: ActivationShard, settings: TrainSettings, rng: np.random.Generator):
+    def __init__(self, shard: ActivationShard, settings: TrainingSettings, rng: np.random.Generator):
         self.shard, self.settings, self.rng = shard, settings, rng
         self.train_rows = shard.n_rows - settings.eval_tokens
         if self.train_rows < settings.batch_size:
@@ -258,7 +127,7 @@ def _init_from_data(model: Transcoder, x: torch.Tensor, y: torch.Tensor, generat
             model.b_enc.mul_(scale)
 
 
-def _lr_factor(step: int, settings: TrainSettings) -> float:
+def _lr_factor(step: int, settings: TrainingSettings) -> float:
     if step < settings.warmup_steps:
         return (step + 1) / settings.warmup_steps
     span = max(settings.steps - settings.warmup_steps, 1)
@@ -278,11 +147,13 @@ def evaluate(model: Transcoder, x: torch.Tensor, y: torch.Tensor) -> dict:
     }
 
 
-def train_transcoder(shard_path: str | Path, layer: int, settings: TrainSettings,
-                     out_weights: str | Path, out_metrics: str | Path) -> dict:
-    """Train one layer's transcoder from its activation shard; write weights and metrics."""
-    if settings.activation not in TRAINABLE:
-        raise ValueError(f"transcoder.activation {settings.activation!r}: training supports {TRAINABLE}")
+def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path, out_architecture: str | Path,
+                     out_metrics: str | Path, settings: TrainTranscoderSettings) -> dict:
+    """Train one layer's transcoder from its activation shard; write weights, architecture, metrics."""
+    architecture = settings.architecture
+    settings = dataclasses.replace(settings.training, device=pick_device(settings.training.device))
+    if architecture.activation not in TRAINABLE:
+        raise ValueError(f"transcoder.activation {architecture.activation!r}: training supports {TRAINABLE}")
     started = time.perf_counter()
     shard = ActivationShard(shard_path)
     torch.manual_seed(settings.seed * 1000 + layer)
@@ -292,8 +163,7 @@ def train_transcoder(shard_path: str | Path, layer: int, settings: TrainSettings
     device = torch.device(settings.device)
     eval_x, eval_y = (t.to(device) for t in batches.eval_set())
 
-    model = Transcoder(shard.d_model, settings.n_features, settings.activation, settings.k,
-                       settings.skip_connection)
+    model = Transcoder(shard.d_model, architecture)
     stream = iter(batches)
     first_x, first_y = next(stream)
     # Train on inputs and outputs rescaled to unit RMS, so the learning rate means the same
@@ -305,7 +175,7 @@ def train_transcoder(shard_path: str | Path, layer: int, settings: TrainSettings
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, settings))
-    tokens_since_fired = torch.zeros(settings.n_features, dtype=torch.long, device=device)
+    tokens_since_fired = torch.zeros(architecture.n_features, dtype=torch.long, device=device)
     progress = Progress(log, f"train_transcoder layer {layer}", settings.steps, "steps", settings.log_every_s)
     curve = []
     x, y = first_x, first_y
@@ -313,10 +183,10 @@ def train_transcoder(shard_path: str | Path, layer: int, settings: TrainSettings
         if step:
             x, y = next(stream)
             x, y = (x / scale_x).to(device), (y / scale_y).to(device)
-        if settings.activation == "topk":
+        if architecture.activation == "topk":
             pre, indices, acts, y_hat = topk_forward(model, x)
             loss_fvu = fvu(y, y_hat)
-            fired = torch.zeros(settings.n_features, dtype=torch.bool, device=device)
+            fired = torch.zeros(architecture.n_features, dtype=torch.bool, device=device)
             fired[indices[acts > 0]] = True
             dead = tokens_since_fired >= settings.dead_tokens
             aux = auxk_loss(model, pre, (y - y_hat).detach(), dead) if settings.auxk_alpha else pre.new_zeros(())
@@ -357,9 +227,9 @@ def train_transcoder(shard_path: str | Path, layer: int, settings: TrainSettings
         "steps": settings.steps,
         "seconds": time.perf_counter() - started,
         "curve": curve,
-        "settings": asdict(settings),
+        "training": dataclasses.asdict(settings),
     }
-    save_transcoder(model, out_weights, {"layer": layer})
+    save_transcoder(model, layer, out_weights, out_architecture)
     write_json(out_metrics, metrics)
     log.info("layer %d: FVU %.4f, L0 %.1f, dead %.3f, %d tokens in %.1fs", layer, metrics["fvu"],
              metrics["l0"], metrics["dead_fraction"], metrics["tokens_seen"], metrics["seconds"])
@@ -394,71 +264,3 @@ def _remove_parallel_gradient(model: Transcoder) -> None:
     if grad is not None:
         rows = F.normalize(model.W_dec.detach(), dim=-1)
         grad -= (grad * rows).sum(-1, keepdim=True) * rows
-
-
-# --------------------------------------------------------------------------- transcoder sets
-
-
-def write_transcoder_set_config(weights: dict[int, str | Path], out_config: str | Path,
-                                model_dir: str | Path, scan: str) -> dict:
-    """Write the set's circuit-tracer `config.yaml` (paths relative to the config's folder)."""
-    import yaml
-
-    out_config = Path(out_config)
-    layers = sorted(weights)
-    first = load_transcoder(weights[layers[0]])
-    config = {
-        "model_kind": "transcoder_set",
-        "model_name": str(Path(model_dir).resolve()),
-        "feature_input_hook": HOOK_IN,
-        "feature_output_hook": HOOK_OUT,
-        "activation": first.activation,
-        "k": first.k if first.activation == "topk" else None,
-        "d_model": first.d_model,
-        "n_features": first.n_features,
-        "skip_connection": first.W_skip is not None,
-        "scan": scan,
-        "transcoders": [str(Path(weights[layer]).resolve().relative_to(out_config.parent.resolve()))
-                        for layer in layers],
-    }
-    with atomic_path(out_config) as tmp:
-        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-    return config
-
-
-def to_circuit_tracer(transcoder: Transcoder, layer: int, dtype=torch.float32):
-    """The equivalent circuit-tracer `SingleLayerTranscoder` (same weights, same activation)."""
-    from circuit_tracer.transcoder import SingleLayerTranscoder
-    from circuit_tracer.transcoder.activation_functions import JumpReLU
-
-    if transcoder.activation == "topk":
-        activation = ReluTopK(transcoder.k)
-    elif transcoder.activation == "jumprelu":
-        activation = JumpReLU(transcoder.threshold.detach().clone().to(dtype), bandwidth=0.1)
-    else:
-        activation = F.relu
-    out = SingleLayerTranscoder(transcoder.d_model, transcoder.n_features, activation, layer,
-                                skip_connection=transcoder.W_skip is not None,
-                                device=torch.device("cpu"), dtype=dtype)
-    with torch.no_grad():
-        for name in ("W_enc", "W_dec", "b_enc", "b_dec") + (("W_skip",) if transcoder.W_skip is not None else ()):
-            getattr(out, name).copy_(getattr(transcoder, name))
-    return out
-
-
-def load_transcoder_set(config_path: str | Path, d_model: int | None = None, dtype=torch.float32):
-    """Build circuit-tracer's `TranscoderSet` from a set `config.yaml` written above."""
-    import yaml
-    from circuit_tracer.transcoder import TranscoderSet
-
-    config_path = Path(config_path)
-    config = yaml.safe_load(config_path.read_text())
-    transcoders = {}
-    for layer, relative in enumerate(config["transcoders"]):
-        transcoder = load_transcoder(config_path.parent / relative)
-        if d_model is not None and transcoder.d_model != d_model:
-            raise ValueError(
-                f"transcoder {relative} has d_model {transcoder.d_model} but the model has {d_model}")
-        transcoders[layer] = to_circuit_tracer(transcoder, layer, dtype)
-    return TranscoderSet(transcoders, feature_input_hook=config["feature_input_hook"],
-                         feature_output_hook=config["feature_output_hook"], scan=config["scan"])

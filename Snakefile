@@ -2,7 +2,7 @@
 # Targets only; every rule lives in rules/<stage>.smk and calls one library function.
 from snakemake.utils import min_version, validate
 
-from circuitflow.config import SCHEMA_PATH
+from circuitflow.config import validate_config
 
 min_version("9.0")
 
@@ -10,8 +10,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-# The schema ships with the library (config/schema.yaml links to it); defaults are filled in.
-validate(config, str(SCHEMA_PATH))
+# The schema ships with the library (config/schema.yaml links to it); Snakemake's validate
+# fills in its defaults, and a failure is reported as one line naming the key.
+validate_config(config, validate)
 
 
 include: "rules/common.smk"

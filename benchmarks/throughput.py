@@ -16,16 +16,20 @@ Prints tokens/s for each and the ratios.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
+import yaml
 
-from circuitflow.activations import CacheSettings, cache_activations
-from circuitflow.features import CollectSettings, collect_features
-from circuitflow.model import load_model
+from circuitflow.activations import cache_activations
+from circuitflow.config import settings_for
+from circuitflow.data import usable_positions
+from circuitflow.features import collect_features
+from circuitflow.model import load_model, read_model_facts
 
 
 def bare_forward(model, tokens: list[list[int]], batch_size: int) -> float:
@@ -44,13 +48,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--config", default="config/config.yaml", help="the run's config (settings of both stages)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     results = Path("results") / args.run
     model, _ = load_model(args.model_dir)
-    n_layers = model.config.num_hidden_layers
+    n_layers = read_model_facts(args.model_dir).n_layers
     layers = tuple(range(n_layers))
+    config = yaml.safe_load(Path(args.config).read_text())
+    cache_settings = dataclasses.replace(settings_for("cache_activations", config, layers=layers),
+                                         batch_size=args.batch_size, device="cpu")
+    collect_settings = dataclasses.replace(
+        settings_for("collect_features", config, layers=layers, source_id="benchmark"),
+        batch_size=args.batch_size, device="cpu")
     print(f"model: {args.model_dir} ({n_layers} layers), {args.windows} windows, batch {args.batch_size}, "
           f"{args.threads} threads, best of {args.repeats}")
 
@@ -59,7 +70,7 @@ def main() -> None:
         for split, label, goal in (("train", "cache_activations", 0.9), ("validation", "collect_features", 0.7)):
             table = pq.read_table(results / "dataset" / f"{split}.parquet").slice(0, args.windows)
             tokens = table.column("tokens").to_pylist()
-            n_tokens = len(tokens) * (len(tokens[0]) - 1)  # BOS positions are not used
+            n_tokens = len(tokens) * usable_positions(len(tokens[0]))
             subset = tmp / f"{split}.parquet"
             pq.write_table(table, subset)
             bare_forward(model, tokens[: args.batch_size], args.batch_size)  # warm-up
@@ -68,13 +79,11 @@ def main() -> None:
                 bare.append(bare_forward(model, tokens, args.batch_size))
                 if label == "cache_activations":
                     shards = {layer: str(tmp / f"layer_{layer}.parquet") for layer in layers}
-                    manifest = cache_activations(args.model_dir, subset, shards, tmp / "manifest.json",
-                                                 CacheSettings(layers=layers, batch_size=args.batch_size))
+                    manifest = cache_activations(args.model_dir, subset, shards, tmp / "manifest.json", cache_settings)
                     timed.append(manifest["seconds"])
                 else:
                     meta = collect_features(args.model_dir, results / "transcoders" / "config.yaml", subset,
-                                            CollectSettings(layers=layers, batch_size=args.batch_size),
-                                            tmp / "features", tmp / "features.json", "benchmark")
+                                            tmp / "features", tmp / "features.json", collect_settings)
                     timed.append(meta["seconds"]["collect"])
             bare_rate, rate = n_tokens / min(bare), n_tokens / min(timed)
             print(f"[{label}] {n_tokens} tokens of the {split} split")

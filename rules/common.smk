@@ -1,4 +1,4 @@
-# Parse-time plan and getters shared by the rule files: every one calls circuitflow.workflow.
+# Parse-time plan and getters shared by every .smk file; all of them call circuitflow.workflow.
 from circuitflow.workflow import (
     dataset_files,
     plan_workflow,
@@ -11,6 +11,7 @@ from circuitflow.workflow import (
 PLAN = plan_workflow(config)
 RESULTS = PLAN.results
 MODEL_DIR = PLAN.model_dir
+TRANSCODER_SET = f"{RESULTS}/transcoders/config.yaml"
 ENV = "../envs/circuitflow.yaml"
 
 
@@ -36,4 +37,4 @@ def per_prompt(suffix):
 def complete_transcoder_set(wildcards):
     """The set config, for rules that need every layer (fails with the missing layers otherwise)."""
     require_complete_set(PLAN)
-    return rules.write_transcoder_set.output.config
+    return TRANSCODER_SET

@@ -29,7 +29,7 @@ rule write_transcoder_set:
         weights=per_layer("transcoders/layer_{layer}.safetensors"),
         architectures=per_layer("transcoders/layer_{layer}.architecture.json"),
     output:
-        config=f"{RESULTS}/transcoders/config.yaml",
+        config=TRANSCODER_SET,
     params:
         settings=settings("write_transcoder_set"),
     log:

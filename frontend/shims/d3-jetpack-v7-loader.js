@@ -13,7 +13,7 @@
 // that hands the global d3 v7 to jetpack as its d3-* dependencies, then copies jetpack's
 // exports into window.d3 (only names d3 v7 lacks) and removes itself.
 //
-// Load order (circuitflow.serve writes it into the viewer's HTML), with nothing in between:
+// Load order (circuitflow.viewer writes it into the viewer's HTML), with nothing in between:
 //   d3/dist/d3.min.js, this file, d3-collection/dist/d3-collection.min.js,
 //   d3-jetpack/build/d3-jetpack.cjs
 // Scripts loaded afterwards (dagre, pako) see no `define` and set their usual globals.

@@ -73,6 +73,37 @@ def derived(how: str, resolves: str | None = None):
     return field(metadata={"derived": how, **({"resolves": resolves} if resolves else {})})
 
 
+def validate_config(config: dict, validate) -> None:
+    """Validate with Snakemake's `validate` (which also fills in the schema's defaults); on
+    failure raise one line naming the key, the bad value and what is allowed, instead of
+    Snakemake's dump of the whole schema and config."""
+    try:
+        validate(config, str(SCHEMA_PATH))
+    except Exception:  # Snakemake's WorkflowError; the message is rebuilt below
+        raise ConfigError(describe_invalid(config)) from None
+
+
+def describe_invalid(config: dict) -> str:
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema()).iter_errors(config))
+    if error is None:
+        return f"the config does not validate against {SCHEMA_PATH}"
+    while error.parent is not None and error.parent.validator in ("oneOf", "anyOf"):
+        error = error.parent  # "'x' is not 'all'" says less than "'all' or a list"
+    where = ".".join(str(p) for p in error.absolute_path) or "the top level"
+    allowed = ""
+    if error.validator == "additionalProperties":
+        allowed = f"; allowed keys here: {', '.join(sorted(error.schema.get('properties', {})))}"
+    elif error.validator == "enum":
+        allowed = f"; allowed values: {', '.join(map(repr, error.validator_value))}"
+    elif error.validator in ("oneOf", "anyOf"):
+        allowed = f" (allowed: {error.schema.get('description', '').strip()})"
+    elif "description" in error.schema:
+        allowed = f" ({error.schema['description'].strip()})"
+    return f"invalid config at {where}: {error.message}{allowed} [schema: {SCHEMA_PATH.name}]"
+
+
 # --------------------------------------------------------------------------- per-rule settings
 
 

@@ -17,12 +17,16 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path that replaces `final` only if the block succeeds.
 
     An interrupted or failing job therefore never leaves a half-written `final` that a later
-    run could trust. Works for files and for directories.
+    run could trust, and the partials a killed job left beside `final` are removed first.
+    Works for files and for directories.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # Partials of the same output left by a killed job (kill -9 skips the cleanup below) are
+    # stale: Snakemake runs one job per output, so none of them can still be written to.
+    for stale in final.parent.glob(f".{glob_escape(final.name)}.partial-*"):
+        _remove(stale)
     tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    _remove(tmp)
     try:
         yield tmp
         if final.is_dir() and not final.is_symlink():
@@ -30,6 +34,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         _remove(tmp)
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _remove(path: Path) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 
 
@@ -28,6 +30,7 @@ def start_job(snakemake, uses_torch: bool = True):
     from circuitflow.config import RULE_SETTINGS, from_params
 
     setup_logging(snakemake.log[0] if snakemake.log else None)
+    exit_when_parent_dies()
     if uses_torch:
         # Several jobs often share few cores: idle OpenMP threads should sleep, not spin
         # (measured: two competing 2-thread jobs ran 25 % faster). Must be set before torch loads.
@@ -37,6 +40,31 @@ def start_job(snakemake, uses_torch: bool = True):
         torch.set_num_threads(max(1, snakemake.threads))
     settings_class = RULE_SETTINGS.get(snakemake.rule)
     return from_params(settings_class, snakemake.params.settings) if settings_class else None
+
+
+def exit_when_parent_dies(poll_s: float = 0.5) -> None:
+    """Stop this job if the Snakemake process that started it dies (e.g. kill -9).
+
+    An orphaned job would otherwise finish and write outputs that no Snakemake run records.
+    A daemon thread watches the parent pid (a dead parent's children are re-parented); SIGTERM
+    then raises SystemExit in the main thread, so `atomic_path` blocks remove their partials
+    and never rename them into place.
+    """
+    parent = os.getppid()
+    if parent <= 1:
+        return
+
+    def on_term(signum, frame):
+        raise SystemExit(f"stopped by signal {signum}: the Snakemake process that started this job is gone")
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        logging.getLogger("circuitflow").error("parent process %d died: stopping this job", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    threading.Thread(target=watch, name="circuitflow-parent-watch", daemon=True).start()
 
 
 def pick_device(name: str) -> str:

@@ -273,6 +273,21 @@ def test_paths_outside_the_graph_folder_are_not_served(server):
 
 
 @needs_node_modules
+def test_symlinks_are_followed_only_inside_the_graph_folder(server, graph_dir, tmp_path):
+    outside = tmp_path / "secret.json"
+    outside.write_text('{"secret": true}')
+    (graph_dir / "leak.json").symlink_to(outside)
+    (graph_dir / "alias.json").symlink_to(graph_dir / "graph-metadata.json")
+    try:
+        assert fetch(server.base_url + "/data/leak.json")[0] == 404
+        status, _, body = fetch(server.base_url + "/data/alias.json")
+        assert status == 200 and json.loads(body)["graphs"][0]["slug"] == SLUG
+    finally:
+        (graph_dir / "leak.json").unlink()
+        (graph_dir / "alias.json").unlink()
+
+
+@needs_node_modules
 def test_save_graph_is_opt_in(server, tmp_path):
     body = json.dumps({"qParams": {"pinnedIds": "1_5_3"}}).encode()
     status, _, _ = fetch(f"{server.base_url}/save_graph/{SLUG}", method="POST", data=body,

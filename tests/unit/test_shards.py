@@ -67,3 +67,49 @@ def test_truncated_shard_is_named(tmp_path):
         shard = ActivationShard(corrupt)
         for i in range(len(shard.row_group_sizes)):
             shard.read_row_group(i)
+
+
+def write_shard(path, rows=4096, d_model=64, seed=0, row_group=1024):
+    rng = np.random.default_rng(seed)
+    with ShardWriters({0: str(path)}, activation_schema(d_model, "float16"), row_group) as writers:
+        for start in range(0, rows, 512):
+            meta = {"seq": np.zeros(512, np.int32), "pos": np.ones(512, np.int32),
+                    "doc": np.zeros(512, np.int32), "token": np.zeros(512, np.int32)}
+            writers.append(0, meta, rng.standard_normal((512, d_model)).astype(np.float16),
+                           rng.standard_normal((512, d_model)).astype(np.float16))
+
+
+def test_overwritten_bytes_inside_a_shard_are_an_error(tmp_path):
+    """64 KiB of float16 1.0 in the middle of a shard: the page checksums catch it, naming the
+    shard and how to rebuild it (parquet alone would read the altered vectors as data)."""
+    path = tmp_path / "layer_0.parquet"
+    write_shard(path, rows=4096, row_group=4096)  # mlp_out: one 512 KiB column chunk
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(5)
+    middle = chunk.data_page_offset + chunk.total_compressed_size // 2
+    data = bytearray(path.read_bytes())
+    before = pq.read_table(path).column("mlp_out")
+    data[middle:middle + 65536] = np.ones(32768, np.float16).tobytes()
+    path.write_bytes(bytes(data))
+    unchecked = pq.read_table(path).column("mlp_out")  # without verification the damage is silent
+    assert len(unchecked) == len(before) and not unchecked.equals(before)
+    shard = ActivationShard(path)
+    with pytest.raises(ActivationShardError, match=r"layer_0.parquet: row group \d+ is corrupt .*--forcerun"):
+        for i in range(len(shard.row_group_sizes)):
+            shard.read_row_group(i)
+
+
+def test_truncated_shard_says_how_to_rebuild(tmp_path):
+    path = tmp_path / "layer_0.parquet"
+    write_shard(path, rows=1024)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ActivationShardError, match=r"layer_0.parquet is truncated or corrupt .*--forcerun .*layer_0"):
+        ActivationShard(path)
+
+
+def test_shard_without_checksums_is_refused(tmp_path):
+    path = tmp_path / "old.parquet"
+    schema = activation_schema(4, "float16").remove_metadata()
+    table = pa.table({name: pa.array([], type=schema.field(name).type) for name in schema.names}, schema=schema)
+    pq.write_table(table, path)
+    with pytest.raises(ActivationShardError, match="has no page checksums"):
+        ActivationShard(path)

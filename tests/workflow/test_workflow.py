@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, copy_workflow, tiny_config, write_config
+from ..conftest import ROOT, SMOLLM2_SOURCE, copy_workflow, tiny_config, write_config
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -52,20 +52,28 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def default_model_layers() -> int:
+    """The default model's layer count, read from its GGUF (not assumed)."""
+    from circuitflow.model import resolve_source, source_facts
+
+    return source_facts(resolve_source(SMOLLM2_SOURCE)).n_layers
+
+
 def test_default_dry_run(default_checkout):
     result = snakemake(default_checkout, "-n", "results/graphs/")
     counts = job_counts(result.stdout)
     prompts = len(list((ROOT / "config" / "prompts").glob("*.txt")))
+    n_layers = default_model_layers()
     assert counts == {"prepare_model": 1, "prepare_dataset": 1, "cache_activations": 1,
-                      "train_transcoder": 30, "write_transcoder_set": 1, "collect_features": 1,
-                      "attribute_prompt": prompts, "graphs": 1, "total": 36 + prompts}
+                      "train_transcoder": n_layers, "write_transcoder_set": 1, "collect_features": 1,
+                      "attribute_prompt": prompts, "assemble_graphs": 1, "total": 6 + n_layers + prompts}
     everything = job_counts(snakemake(default_checkout, "-n").stdout)  # the default target, `all`
     assert everything["collect_neurons"] == everything["pack_features"] == 1
 
 
 def test_slurm_profile_dry_run(default_checkout):
     result = snakemake(default_checkout, "-n", "--workflow-profile", "profiles/slurm", "results/graphs/")
-    assert job_counts(result.stdout)["train_transcoder"] == 30
+    assert job_counts(result.stdout)["train_transcoder"] == default_model_layers()
     train_job = result.stdout.split("rule train_transcoder:")[1].split("rule ")[0]
     assert "gpu=1" in train_job and "slurm_partition=gpu" in train_job and "mem_mb=32000" in train_job
     assert "runtime=720" in train_job and "slurm_account=your-account" in train_job
@@ -78,6 +86,17 @@ def test_profile_keys_name_real_rules(default_checkout):
         for section in ("set-resources", "set-threads"):
             unknown = set(config.get(section, {})) - rules
             assert not unknown, f"profiles/{profile}: {section} names unknown rules {unknown}"
+
+
+def test_parsing_the_workflow_does_not_import_torch(default_checkout):
+    """Every `snakemake -n` parses the Snakefile: that must not pay for importing torch."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-X", "importtime", *SNAKEMAKE[1:], "-n", "results/graphs/"],
+                            cwd=default_checkout, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "snakemake" in imported and "circuitflow.workflow" in imported  # the measurement works
+    assert not {"torch", "transformers", "circuit_tracer"} & imported
 
 
 def test_lint_is_clean(default_checkout):
@@ -192,7 +211,7 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
 
     # The remaining stages of the default target: packed features and the neuron baseline.
     snakemake(tmp_path, "--cores", "2", "features", "--configfile", "tiny.yaml")
-    from circuitflow.pack import read_packed_feature
+    from circuitflow.features import read_packed_feature
 
     node = next(n for n in json.loads((graphs / "france-capital.json").read_text())["nodes"]
                 if n["feature_type"] == "cross layer transcoder" and (graphs / "features" / f"{n['feature']}.json").exists())
@@ -210,7 +229,7 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
     rerun = snakemake(tmp_path, "--cores", "2", "results/graphs/", "--configfile", "tiny.yaml",
                       "--forcerun", "results/tiny/transcoders/layer_1.safetensors")
     assert job_counts(rerun.stdout) == {"train_transcoder": 1, "write_transcoder_set": 1,
-                                        "collect_features": 1, "attribute_prompt": 2, "graphs": 1,
+                                        "collect_features": 1, "attribute_prompt": 2, "assemble_graphs": 1,
                                         "total": 6}
     assert layer0.stat().st_mtime_ns == before[layer0] and shard1.stat().st_mtime_ns == before[shard1]
     assert layer1.stat().st_mtime_ns != before[layer1]
@@ -236,3 +255,90 @@ def test_bad_prompt_fails_alone(tmp_path, tiny_llama_source, tiny_corpus):
     for slug in ("empty", "too-long"):
         assert not (tmp_path / f"results/tiny/attribution/{slug}.json").exists()
     assert not (tmp_path / "results/graphs").exists()
+
+
+@pytest.mark.slow
+def test_layer_subset_workflow(tmp_path, tiny_llama_source, tiny_corpus):
+    """activations.layers: [1] of a 2-layer model: transcoders, features and packing keep layer 1
+    as layer 1; graphs, which need every layer, are refused before any job runs."""
+    copy_workflow(tmp_path)
+    write_config(tmp_path / "tiny.yaml", tiny_config(tmp_path, tiny_llama_source, tiny_corpus,
+                                                     activations={"layers": [1]}))
+    refused = snakemake(tmp_path, "-n", "results/graphs/", "--configfile", "tiny.yaml", check=False)
+    assert refused.returncode != 0
+    assert "need a transcoder for every layer" in refused.stdout and "layer(s) [0]" in refused.stdout
+    assert not (tmp_path / "results").exists()
+
+    run = snakemake(tmp_path, "--cores", "2", "features", "--configfile", "tiny.yaml")
+    assert job_counts(run.stdout)["train_transcoder"] == 1
+    results = tmp_path / "results/tiny"
+    assert sorted(p.name for p in (results / "activations").glob("*.parquet")) == ["layer_1.parquet"]
+    transcoder_set = yaml.safe_load((results / "transcoders/config.yaml").read_text())
+    assert transcoder_set["layers"] == {1: "layer_1.safetensors"} and "transcoders" not in transcoder_set
+    from circuitflow.features import cantor_unpair, read_packed_feature
+
+    files = sorted((results / "features/json").glob("*.json"))
+    assert files and {cantor_unpair(int(p.stem))[0] for p in files} == {1}
+    layer, feature = cantor_unpair(int(files[0].stem))
+    assert read_packed_feature(results / "features/packed", layer, feature) == json.loads(files[0].read_text())
+    neurons = json.loads((results / "neurons/feature_metadata.json").read_text())
+    assert {f["layer"] for f in neurons["features"]} == {1}
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the job process")
+def test_job_stops_when_snakemake_is_killed(tmp_path, tiny_llama_source, tiny_corpus):
+    """kill -9 of Snakemake mid-job: the job notices, stops, and writes neither its output nor litter."""
+    import signal
+    import time
+
+    copy_workflow(tmp_path)
+    config = tiny_config(tmp_path, tiny_llama_source, tiny_corpus,
+                         transcoder={"steps": 1_000_000, "log_every_s": 0.5})
+    write_config(tmp_path / "tiny.yaml", config)
+    target = "results/tiny/transcoders/layer_0.safetensors"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    parent = subprocess.Popen([*SNAKEMAKE, "--cores", "1", target, "--configfile", "tiny.yaml"], cwd=tmp_path,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "results/tiny/logs/train_transcoder/layer_0.log"
+    try:
+        deadline = time.time() + 300
+        while not (log.is_file() and "train_transcoder layer 0:" in log.read_text()):
+            assert time.time() < deadline and parent.poll() is None, "training never started"
+            time.sleep(0.5)
+        jobs = [pid for pid in _children(parent.pid) if "train_transcoder" in open(f"/proc/{pid}/cmdline").read()]
+        assert len(jobs) == 1
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 20
+        while _alive(jobs[0]):
+            assert time.time() < deadline, "the orphaned job kept running"
+            time.sleep(0.2)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    transcoders = tmp_path / "results/tiny/transcoders"
+    assert not (transcoders / "layer_0.safetensors").exists()
+    assert not [p.name for p in transcoders.glob(".*partial*")]
+    assert "died: stopping this job" in log.read_text()

@@ -14,7 +14,10 @@ mlp_out    fixed_size_binary[d*b]     MLP output vector, same layout
 =========  =========================  ====================================================
 
 ``b`` is 2 bytes for float16 (default) or 4 for float32; the field metadata carries
-``dtype`` and ``d_model``. Vectors are stored as raw fixed-size binary rather than
+``dtype`` and ``d_model``. Every data page carries a CRC-32 (parquet's page checksum), which
+`ActivationShard` verifies on every read, and the file's key-value metadata says so
+(``circuitflow.page_checksums: crc32``): a flipped byte anywhere in a vector is an error that
+names the shard, never a silently different training set. Vectors are stored as raw fixed-size binary rather than
 ``fixed_size_list`` because parquet encodes list levels per element, which made writing 15x
 slower. `ActivationShard` reads them back as numpy arrays.
 """
@@ -32,8 +35,17 @@ from circuitflow.io import atomic_path
 VECTOR_COLUMNS = ("mlp_in", "mlp_out")
 
 
+CHECKSUM_KEY, CHECKSUM_VALUE = b"circuitflow.page_checksums", b"crc32"
+
+
 class ActivationShardError(ValueError):
     """A cached activation shard is missing, truncated or corrupt."""
+
+
+def rebuild_hint(path: Path) -> str:
+    # A plain rerun keeps a file that exists, so say how to make Snakemake write it again.
+    return (f"rebuild it with `snakemake --cores 2 --forcerun {path}` (or delete it and rerun): "
+            "all layers' shards are written by the one cache_activations job")
 
 
 def activation_schema(d_model: int, dtype: str) -> pa.Schema:
@@ -43,7 +55,7 @@ def activation_schema(d_model: int, dtype: str) -> pa.Schema:
         ("seq", pa.int32()), ("pos", pa.int32()), ("doc", pa.int32()), ("token", pa.int32()),
         pa.field("mlp_in", pa.binary(width), metadata=meta),
         pa.field("mlp_out", pa.binary(width), metadata=meta),
-    ])
+    ], metadata={CHECKSUM_KEY: CHECKSUM_VALUE})
 
 
 def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeBinaryArray:
@@ -74,7 +86,8 @@ class ShardWriters:
         for layer, context in self._contexts.items():
             tmp = context.__enter__()
             self.writers[layer] = pq.ParquetWriter(
-                tmp, self.schema, compression="none", use_dictionary=False, write_statistics=False)
+                tmp, self.schema, compression="none", use_dictionary=False, write_statistics=False,
+                write_page_checksum=True)
         return self
 
     def append(self, layer: int, meta: dict, x: np.ndarray, y: np.ndarray) -> None:
@@ -109,17 +122,23 @@ class ActivationShard:
         if not self.path.is_file():
             raise ActivationShardError(f"activation shard {self.path} does not exist")
         try:
-            self.file = pq.ParquetFile(self.path)
+            self.file = pq.ParquetFile(self.path, page_checksum_verification=True)
         except (pa.ArrowException, OSError) as error:
             raise ActivationShardError(
-                f"activation shard {self.path} is truncated or corrupt: {error}") from error
-        field = self.file.schema_arrow.field("mlp_in")
-        meta = field.metadata or {}
+                f"activation shard {self.path} is truncated or corrupt ({error}); {rebuild_hint(self.path)}") from None
+        if (self.file.schema_arrow.metadata or {}).get(CHECKSUM_KEY) != CHECKSUM_VALUE:
+            raise ActivationShardError(
+                f"activation shard {self.path} has no page checksums (written by an older circuitflow), so "
+                f"corruption could not be detected; {rebuild_hint(self.path)}")
         try:
+            field = self.file.schema_arrow.field("mlp_in")
+            meta = field.metadata or {}
             self.dtype = meta[b"dtype"].decode()
             self.d_model = int(meta[b"d_model"])
-        except KeyError as error:
-            raise ActivationShardError(f"activation shard {self.path} lacks dtype/d_model metadata") from error
+        except KeyError:
+            raise ActivationShardError(
+                f"activation shard {self.path} lacks its mlp_in column or dtype/d_model metadata; "
+                f"{rebuild_hint(self.path)}") from None
         self.n_rows = self.file.metadata.num_rows
         self.row_group_sizes = [self.file.metadata.row_group(i).num_rows
                                 for i in range(self.file.metadata.num_row_groups)]
@@ -129,7 +148,8 @@ class ActivationShard:
             table = self.file.read_row_group(index, columns=list(columns))
         except (pa.ArrowException, OSError) as error:
             raise ActivationShardError(
-                f"activation shard {self.path}: row group {index} is unreadable ({error})") from error
+                f"activation shard {self.path}: row group {index} is corrupt ({error}); "
+                f"{rebuild_hint(self.path)}") from None
         out = {}
         for name in columns:
             if name in VECTOR_COLUMNS:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
+from circuitflow.features.ids import cantor_unpair
+from circuitflow.features.pack import PackError, load_feature_file
 from circuitflow.io import atomic_path, read_json, write_json
 
 log = logging.getLogger("circuitflow.attribution")
@@ -23,29 +24,42 @@ log = logging.getLogger("circuitflow.attribution")
 FEATURE_NODE = "cross layer transcoder"  # circuit-tracer's feature_type for PLT and CLT nodes
 
 
-def _link_or_copy(src: str | Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+class GraphFolderError(ValueError):
+    """A graph or feature file to be published is unreadable; the message names it."""
 
 
 def graph_feature_ids(graph_path: str | Path) -> set[int]:
-    """Cantor ids of the feature nodes of a graph JSON."""
-    graph = json.loads(Path(graph_path).read_text())
-    return {int(node["feature"]) for node in graph["nodes"] if node.get("feature_type") == FEATURE_NODE}
+    """Cantor ids of the feature nodes of a graph JSON (which must parse)."""
+    try:
+        graph = json.loads(Path(graph_path).read_text(encoding="utf-8"))
+        return {int(node["feature"]) for node in graph["nodes"] if node.get("feature_type") == FEATURE_NODE}
+    except (ValueError, KeyError, TypeError) as error:
+        raise GraphFolderError(
+            f"graph {graph_path} is not a circuit-tracer graph ({type(error).__name__}: {error}); "
+            f"rerun attribute_prompt with --forcerun {graph_path}") from None
+
+
+def _publish_feature(source: Path, destination: Path) -> None:
+    """Copy one example file after checking it as pack_features does (a copy, not a link, so a
+    later write to the source cannot change what the viewer serves)."""
+    layer, feature = cantor_unpair(int(source.stem))
+    try:
+        load_feature_file(source, str(source), layer, feature)
+    except PackError as error:
+        raise GraphFolderError(f"{error}; rerun collect_features (--forcerun {source.parent})") from None
+    shutil.copyfile(source, destination)
 
 
 def assemble_graphs(graphs: dict[str, str], metadata: dict[str, str], scores: dict[str, str],
                     feature_dir: str | Path | None, out_dir: str | Path) -> dict:
-    """Hard-link (or copy) each slug's graph and its features' example files into `out_dir`."""
+    """Copy each slug's graph and its features' example files into `out_dir`, each checked first."""
     slugs = sorted(graphs)
     needed: set[int] = set()
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         for slug in slugs:
-            _link_or_copy(graphs[slug], tmp / f"{slug}.json")
             needed |= graph_feature_ids(graphs[slug])
+            shutil.copyfile(graphs[slug], tmp / f"{slug}.json")
         write_json(tmp / "graph-metadata.json", {"graphs": [read_json(metadata[s]) for s in slugs]})
         write_json(tmp / "graph-scores.json", {s: read_json(scores[s]) for s in slugs})
         missing = []
@@ -54,7 +68,7 @@ def assemble_graphs(graphs: dict[str, str], metadata: dict[str, str], scores: di
             for feature_id in sorted(needed):
                 source = Path(feature_dir) / f"{feature_id}.json"
                 if source.is_file():
-                    _link_or_copy(source, tmp / "features" / source.name)
+                    _publish_feature(source, tmp / "features" / source.name)
                 else:
                     missing.append(feature_id)
     if missing:

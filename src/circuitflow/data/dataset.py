@@ -41,7 +41,7 @@ from circuitflow.config import PrepareDatasetSettings
 from circuitflow.io import atomic_path, sha256_file, write_json
 from circuitflow.model.facts import read_model_facts
 
-log = logging.getLogger("circuitflow.dataset")
+log = logging.getLogger("circuitflow.data")
 
 WINDOW_SCHEMA = pa.schema([
     ("seq", pa.int32()),
@@ -82,16 +82,22 @@ def read_records(settings: PrepareDatasetSettings) -> list[Record]:
         if not path.is_file():
             raise DatasetError(f"dataset.source {source!r}: no such file (and not 'hf:<dataset id>')")
         kind = _base_suffix(path)
-        if kind == ".jsonl":
-            rows = _read_jsonl(path)
-        elif kind == ".parquet":
-            rows = pq.read_table(path).to_pylist()
-        elif kind == ".txt":
-            rows = _read_txt(path, settings)
-        else:
+        if kind not in (".jsonl", ".parquet", ".txt"):
             raise DatasetError(
                 f"dataset.source {source!r}: unsupported file type {kind!r} "
                 "(expected .jsonl, .parquet or .txt, optionally .gz/.xz/.bz2)")
+        try:
+            if kind == ".jsonl":
+                rows = _read_jsonl(path)
+            elif kind == ".parquet":
+                rows = pq.read_table(path).to_pylist()
+            else:
+                rows = _read_txt(path, settings)
+        except UnicodeDecodeError as error:
+            raise DatasetError(f"dataset.source {source!r} is not UTF-8 text ({error.reason} at byte "
+                               f"{error.start} of a block); convert it to UTF-8") from None
+        except (EOFError, OSError, lzma.LZMAError, pa.ArrowException) as error:  # truncated archives, bad parquet
+            raise DatasetError(f"dataset.source {source!r} cannot be read ({error})") from None
     records = []
     for i, row in enumerate(rows):
         if settings.text_field not in row:
@@ -115,9 +121,13 @@ def _read_jsonl(path: Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise DatasetError(f"{path}: line {line_no} is not valid JSON ({error})") from error
+                raise DatasetError(f"{path}: line {line_no} is not valid JSON ({error})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}: line {line_no} is a JSON {type(row).__name__}, not an object "
+                                   "with a text field (one JSON object per line)")
+            rows.append(row)
     return rows
 
 

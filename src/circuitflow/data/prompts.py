@@ -62,7 +62,11 @@ def read_prompt_text(origin: str, inline: dict[str, str] | None = None) -> str:
     if origin.startswith(CONFIG_ORIGIN):
         text = (inline or {})[origin[len(CONFIG_ORIGIN):]]
     else:
-        text = Path(origin).read_text(encoding="utf-8")
+        try:
+            text = Path(origin).read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise PromptError(f"prompt file {origin} is not UTF-8 text (byte {error.start}: {error.reason}); "
+                              "save it as UTF-8") from None
     if text.endswith("\r\n"):
         text = text[:-2]
     elif text.endswith("\n"):

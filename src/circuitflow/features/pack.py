@@ -70,7 +70,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _load_feature(path: Path, label: str, layer: int, feature: int) -> tuple[Any, int]:
+def load_feature_file(path: Path, label: str, layer: int, feature: int) -> tuple[Any, int]:
     """Parse one feature file and check it against its name; returns (object, input bytes)."""
     raw = path.read_bytes()
     try:
@@ -155,7 +155,7 @@ def pack_feature_folder(
     # fails fast, before minutes of compression, and nothing is ever written for bad input.
     for layer, features in by_layer.items():
         for feature, path, label in _features(feature_dir, layer, features):
-            _load_feature(path, label, layer, feature)
+            load_feature_file(path, label, layer, feature)
 
     layer_bytes: list[int] = []
     json_bytes = 0
@@ -171,7 +171,7 @@ def pack_feature_folder(
                 previous = -1
                 for feature, path, label in _features(feature_dir, layer, live):
                     # Re-checked while packing in case the folder changed since validation.
-                    obj, size = _load_feature(path, label, layer, feature)
+                    obj, size = load_feature_file(path, label, layer, feature)
                     json_bytes += size
                     entry = _entry(obj)
                     handle.write(entry)

@@ -216,13 +216,18 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.wfile.write(body)
 
     def _resolve(self, rel: str) -> str | None:
-        """``rel`` inside the graph folder, or None if it would leave it (symlinks are followed)."""
+        """``rel`` inside the graph folder, or None if it would leave it: symlinks are followed only
+        while their target stays inside the (resolved) graph folder."""
         if "\x00" in rel or "\\" in rel:
             return None
         parts = [p for p in rel.split("/") if p not in ("", ".")]
         if not parts or any(p == ".." for p in parts):
             return None
-        return os.path.join(self._state.graph_dir, *parts)
+        path = os.path.join(self._state.graph_dir, *parts)
+        root = os.path.realpath(self._state.graph_dir)
+        if os.path.commonpath([root, os.path.realpath(path)]) != root:
+            return None
+        return path
 
     def _send_data(self, rel: str, head: bool) -> None:
         path = self._resolve(rel)

@@ -5,7 +5,8 @@
 Each folder is a workflow directory holding ``results/``. Every output file is compared by
 kind, and timings are left out (wall-clock figures differ between any two runs):
 
-- parquet, packed ``.bin``/``.gz`` and per-feature/graph JSON: the bytes must be identical;
+- parquet: the same columns and values (the bytes differ once page checksums are written);
+- packed ``.bin``/``.gz`` and per-feature/graph JSON: the bytes must be identical;
 - other JSON (metrics, manifests, scores, summaries): equal after dropping timing keys and
   writing the run folder's own absolute path as ``<run dir>``;
 - ``.safetensors``: the same tensor names with bitwise-equal values (the header may differ);
@@ -114,6 +115,12 @@ def compare_file(rel: str, a: Path, b: Path, roots: tuple[Path, Path]) -> tuple[
             diffs += [f"architecture {k}: {arch_a.get(k)} != {arch_b.get(k)}"
                       for k in ("activation", "n_features", "k", "d_model", "layer") if arch_a.get(k) != arch_b.get(k)]
         return "safetensors (tensors + architecture)", diffs
+    if rel.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        ta, tb = pq.read_table(a), pq.read_table(b)
+        same = ta.schema.remove_metadata().equals(tb.schema.remove_metadata()) and ta.equals(tb)
+        return "parquet (columns and values)", [] if same else ["rows or values differ"]
     if rel.endswith("transcoders/config.yaml"):
         return "transcoder set config", compare_set_config(a, b)
     exact = any(part in rel for part in EXACT_JSON_PARTS) and not rel.endswith("scores.json")

@@ -15,7 +15,7 @@ mlp_out    fixed_size_binary[d*b]     MLP output vector, same layout
 
 ``b`` is 2 bytes for float16 (default) or 4 for float32; the field metadata carries
 ``dtype`` and ``d_model``. Every data page carries a CRC-32 (parquet's page checksum), which
-`ActivationShard` verifies on every read, and the file's key-value metadata says so
+`ActivationShard` verifies the first time it reads each row group, and the file's key-value metadata says so
 (``circuitflow.page_checksums: crc32``): a flipped byte anywhere in a vector is an error that
 names the shard, never a silently different training set. Vectors are stored as raw fixed-size binary rather than
 ``fixed_size_list`` because parquet encodes list levels per element, which made writing 15x
@@ -139,17 +139,25 @@ class ActivationShard:
             raise ActivationShardError(
                 f"activation shard {self.path} lacks its mlp_in column or dtype/d_model metadata; "
                 f"{rebuild_hint(self.path)}") from None
+        # Each row group's checksums are verified on its first read; training reads a shard for
+        # several epochs, and re-verifying bytes this job has already checked costs ~45 % of a
+        # raw read (benchmarks/shard_checks.py) for no added safety.
+        self.unverified_file = pq.ParquetFile(self.path, page_checksum_verification=False)
+        self.verified: set[tuple[int, str]] = set()  # (row group, column) already checked
         self.n_rows = self.file.metadata.num_rows
         self.row_group_sizes = [self.file.metadata.row_group(i).num_rows
                                 for i in range(self.file.metadata.num_row_groups)]
 
     def read_row_group(self, index: int, columns=VECTOR_COLUMNS) -> dict[str, np.ndarray]:
         try:
-            table = self.file.read_row_group(index, columns=list(columns))
+            checked = all((index, name) in self.verified for name in columns)
+            source = self.unverified_file if checked else self.file
+            table = source.read_row_group(index, columns=list(columns))
         except (pa.ArrowException, OSError) as error:
             raise ActivationShardError(
                 f"activation shard {self.path}: row group {index} is corrupt ({error}); "
                 f"{rebuild_hint(self.path)}") from None
+        self.verified.update((index, name) for name in columns)
         out = {}
         for name in columns:
             if name in VECTOR_COLUMNS:

@@ -1,0 +1,293 @@
+"""One Chat Completions client for every LLM rule: OpenAI, vLLM, Ollama and llama.cpp's server.
+
+The `openai` package's async client does the HTTP; this layer adds what a long batch job needs:
+
+- the API key is read here from the environment variable that `LLMSettings.api_key_env`
+  *names*, so the key never appears in params, logs, cache keys or outputs; a remote endpoint
+  whose variable is unset fails before any call, naming the variable;
+- retries with exponential backoff and jitter on 429, 5xx, timeouts and dropped connections,
+  honouring ``Retry-After``; other errors (unknown model, bad request) are not retried and
+  quote the server's message;
+- a persistent response cache (`ResponseCache`), so a rerun sends nothing already answered;
+- JSON replies: JSON mode where asked, tolerant extraction (code fences, text around the
+  object), one re-ask on a malformed reply, and the raw reply kept when it still does not parse;
+- `run_all`: bounded concurrency where an item whose calls still fail is recorded as failed
+  with its reason, and the job fails, naming the endpoint, only when more than
+  `max_failure_share` of the items failed;
+- usage accounting (requests, tokens, cache hits, retries, wall time, a cost estimate when
+  prices are set), written next to the outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import re
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from circuitflow.io import write_json
+from circuitflow.llm.cache import ResponseCache, request_key
+
+log = logging.getLogger("circuitflow.llm")
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+REASK = "Your reply was not a valid JSON object. Reply again with only the JSON object, nothing else."
+
+
+class LLMError(RuntimeError):
+    """The endpoint cannot be used (no key, unreachable, unknown model, too many failures)."""
+
+
+class LLMRequestError(LLMError):
+    """One request failed for good; `retryable` says whether retries were tried first."""
+
+    def __init__(self, message: str, retryable: bool):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    base_url: str
+    model: str
+    api_key_env: str | None
+    max_concurrency: int
+    timeout_s: float
+    max_retries: int
+    temperature: float
+    max_tokens: int
+    json_mode: bool
+    max_failure_share: float
+    backoff_s: float = 1.0  # first retry delay; doubles per attempt, capped at 60 s, with jitter
+    price_per_million_prompt: float | None = None
+    price_per_million_completion: float | None = None
+
+
+@dataclass
+class Usage:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    reasks: int = 0
+    failed_requests: int = 0
+    unparsed_replies: int = 0
+    wall_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    cached: bool
+    data: Any = None  # the parsed JSON object, for complete_json
+    parsed: bool = True
+
+
+@dataclass
+class Outcome:
+    """What `run_all` returns for one item: its result, or why it failed."""
+
+    item: Any
+    result: Any = None
+    error: str | None = None
+
+
+def is_loopback(base_url: str) -> bool:
+    return (urllib.parse.urlsplit(base_url).hostname or "") in LOOPBACK_HOSTS
+
+
+def resolve_api_key(settings: LLMSettings) -> str:
+    """The key from the named variable; loopback servers need none."""
+    value = os.environ.get(settings.api_key_env, "") if settings.api_key_env else ""
+    if value:
+        return value
+    if is_loopback(settings.base_url):
+        return "not-needed"
+    raise LLMError(
+        f"llm.base_url {settings.base_url} is not a local server, but "
+        + (f"the environment variable {settings.api_key_env} (llm.api_key_env) is not set"
+           if settings.api_key_env else "llm.api_key_env names no environment variable for its key")
+        + "; export the key in that variable")
+
+
+def extract_json(text: str) -> Any:
+    """The JSON object in a reply: the whole text, a fenced block, or the first balanced {...}."""
+    text = text.strip()
+    candidates = [text]
+    candidates += re.findall(r"```(?:json)?\s*(.*?)```", text, flags=re.DOTALL)
+    start = text.find("{")
+    while start != -1:
+        depth, in_string, escaped = 0, False, False
+        for i in range(start, len(text)):
+            ch = text[i]
+            if in_string:
+                escaped = ch == "\\" and not escaped
+                if ch == '"' and not escaped:
+                    in_string = False
+                elif ch != "\\":
+                    escaped = False
+            elif ch == '"':
+                in_string = True
+            elif ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    candidates.append(text[start:i + 1])
+                    break
+        start = text.find("{", start + 1)
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    raise ValueError("no JSON object in the reply")
+
+
+class LLMClient:
+    def __init__(self, settings: LLMSettings, cache_path: str | Path):
+        from openai import AsyncOpenAI
+
+        self.settings = settings
+        api_key = resolve_api_key(settings)  # first: a missing key fails before anything is touched
+        self.cache = ResponseCache(cache_path)
+        self.usage = Usage()
+        self._client = AsyncOpenAI(base_url=settings.base_url, api_key=api_key, timeout=settings.timeout_s,
+                                   max_retries=0)
+        self._semaphore = asyncio.Semaphore(settings.max_concurrency)
+        self._started = time.perf_counter()
+
+    @property
+    def sampling(self) -> dict:
+        s = self.settings
+        return {"temperature": s.temperature, "max_tokens": s.max_tokens, "json_mode": s.json_mode}
+
+    async def complete(self, messages: list[dict]) -> Reply:
+        """One chat completion, from the cache when it was answered before."""
+        key = request_key(self.settings.model, messages, self.sampling)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.usage.cache_hits += 1
+            return Reply(hit[0], cached=True)
+        async with self._semaphore:
+            text, usage = await self._request_with_retries(messages)
+        self.cache.put(key, self.settings.model, {"messages": messages, **self.sampling}, text, usage)
+        return Reply(text, cached=False)
+
+    async def complete_json(self, messages: list[dict]) -> Reply:
+        """A JSON object reply; one re-ask when malformed, else the raw reply with parsed=False."""
+        first = await self.complete(messages)
+        try:
+            return Reply(first.text, first.cached, extract_json(first.text))
+        except ValueError:
+            pass
+        self.usage.reasks += 1
+        again = await self.complete([*messages, {"role": "assistant", "content": first.text},
+                                     {"role": "user", "content": REASK}])
+        try:
+            return Reply(again.text, again.cached, extract_json(again.text))
+        except ValueError:
+            self.usage.unparsed_replies += 1
+            return Reply(again.text, again.cached, None, parsed=False)
+
+    async def _request_with_retries(self, messages: list[dict]) -> tuple[str, dict]:
+        import openai
+
+        s = self.settings
+        kwargs: dict = {"model": s.model, "messages": messages, "temperature": s.temperature,
+                        "max_tokens": s.max_tokens}
+        if s.json_mode:
+            kwargs["response_format"] = {"type": "json_object"}
+        for attempt in range(s.max_retries + 1):
+            self.usage.requests += 1
+            try:
+                response = await self._client.chat.completions.create(**kwargs)
+            except (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
+                    openai.InternalServerError) as error:
+                reason, retry_after = self._describe(error), self._retry_after(error)
+            except openai.APIStatusError as error:
+                self.usage.failed_requests += 1
+                raise LLMRequestError(
+                    f"{s.base_url} refused the request (HTTP {error.status_code}): {self._describe(error)}",
+                    retryable=False) from None
+            else:
+                usage = response.usage
+                counts = {"prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
+                          "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}
+                self.usage.prompt_tokens += counts["prompt_tokens"]
+                self.usage.completion_tokens += counts["completion_tokens"]
+                return response.choices[0].message.content or "", counts
+            if attempt == s.max_retries:
+                break
+            self.usage.retries += 1
+            delay = retry_after if retry_after is not None else min(60.0, s.backoff_s * 2 ** attempt)
+            delay *= 0.5 + random.random() if retry_after is None else 1.0
+            log.warning("%s: %s; retry %d/%d in %.1fs", s.base_url, reason, attempt + 1, s.max_retries, delay)
+            await asyncio.sleep(delay)
+        self.usage.failed_requests += 1
+        raise LLMRequestError(f"{s.base_url}: {reason} (after {s.max_retries} retries)", retryable=True)
+
+    @staticmethod
+    def _describe(error) -> str:
+        """The server's own message when it sent one (quoted), else the error's type and text."""
+        body = getattr(error, "body", None)
+        inner = body.get("error", body) if isinstance(body, dict) else None
+        if isinstance(inner, dict) and inner.get("message"):
+            return repr(inner["message"])
+        return f"{type(error).__name__}: {error}"
+
+    @staticmethod
+    def _retry_after(error) -> float | None:
+        response = getattr(error, "response", None)
+        value = response.headers.get("retry-after") if response is not None else None
+        try:
+            return max(0.0, float(value)) if value is not None else None
+        except ValueError:
+            return None
+
+    async def run_all(self, items: list, work: Callable[[Any], Awaitable[Any]]) -> list[Outcome]:
+        """`work(item)` for every item, concurrently (bounded by the client's semaphore)."""
+        async def one(item):
+            try:
+                return Outcome(item, await work(item))
+            except LLMRequestError as error:
+                if not error.retryable and "HTTP 404" in str(error):
+                    raise LLMError(str(error)) from None  # unknown model: every item would fail
+                return Outcome(item, error=str(error))
+
+        outcomes = list(await asyncio.gather(*(one(item) for item in items)))
+        failed = [o for o in outcomes if o.error]
+        if items and len(failed) / len(items) > self.settings.max_failure_share:
+            raise LLMError(
+                f"{self.settings.base_url}: {len(failed)} of {len(items)} items failed (more than "
+                f"llm.max_failure_share {self.settings.max_failure_share}); first: {failed[0].error}")
+        return outcomes
+
+    def usage_record(self) -> dict:
+        self.usage.wall_seconds = time.perf_counter() - self._started
+        record = {"endpoint": self.settings.base_url, "model": self.settings.model, **asdict(self.usage)}
+        s = self.settings
+        if s.price_per_million_prompt is not None and s.price_per_million_completion is not None:
+            record["cost_estimate"] = (self.usage.prompt_tokens * s.price_per_million_prompt
+                                       + self.usage.completion_tokens * s.price_per_million_completion) / 1e6
+        return record
+
+    def write_usage(self, path: str | Path) -> dict:
+        record = self.usage_record()
+        write_json(path, record)
+        return record
+
+    async def aclose(self) -> None:
+        await self._client.close()
+        self.cache.close()

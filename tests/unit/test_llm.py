@@ -1,0 +1,275 @@
+"""The LLM layer against a real OpenAI-compatible HTTP server on loopback with scripted
+behaviour (no mocked client): retries, timeouts, garbage replies, unknown models, failure
+accounting, the response cache across a kill -9, and where the API key may appear."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from circuitflow.llm import LLMClient, LLMError, LLMRequestError, LLMSettings, extract_json
+
+
+class ScriptedServer:
+    """POST /v1/chat/completions; each request takes the next scripted behaviour, else `default`.
+
+    Behaviours: ("reply", text), ("status", code, headers, body), ("hang", seconds), or a
+    callable(request_json) -> behaviour."""
+
+    def __init__(self, default=("reply", "ok"), delay_s: float = 0.0):
+        self.script: collections.deque = collections.deque()
+        self.default, self.delay_s = default, delay_s
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        self.answered = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append(body)
+                    server.headers.append(self.headers)
+                    behaviour = server.script.popleft() if server.script else server.default
+                if callable(behaviour):
+                    behaviour = behaviour(body)
+                time.sleep(server.delay_s)
+                if behaviour[0] == "hang":
+                    time.sleep(behaviour[1])
+                    return
+                if behaviour[0] == "status":
+                    _, code, headers, payload = behaviour
+                    self._send(code, payload, headers)
+                    return
+                text = behaviour[1]
+                self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": text}}],
+                                 "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}})
+                with server.lock:
+                    server.answered += 1
+
+            def _send(self, code, payload, headers=None):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    srv = ScriptedServer()
+    yield srv
+    srv.close()
+
+
+def settings(base_url, **changes) -> LLMSettings:
+    values = dict(base_url=base_url, model="judge", api_key_env=None, max_concurrency=4, timeout_s=5.0,
+                  max_retries=3, temperature=0.0, max_tokens=64, json_mode=False, max_failure_share=0.5,
+                  backoff_s=0.01)
+    return LLMSettings(**{**values, **changes})
+
+
+def ask(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_retries_on_429_and_500_then_answers(server, tmp_path):
+    server.script.extend([("status", 429, {"Retry-After": "0"}, {"error": {"message": "slow down"}}),
+                          ("status", 500, {}, {"error": {"message": "boom"}}), ("reply", "finally")])
+
+    async def go():
+        client = LLMClient(settings(server.base_url), tmp_path / "cache.sqlite")
+        reply = await client.complete(ask("hello"))
+        await client.aclose()
+        return reply, client.usage
+
+    reply, usage = run(go())
+    assert reply.text == "finally" and not reply.cached
+    assert len(server.requests) == 3 and usage.retries == 2 and usage.requests == 3
+    assert (usage.prompt_tokens, usage.completion_tokens) == (11, 3)
+
+
+def test_a_hung_server_times_out_and_is_reported(server, tmp_path):
+    server.default = ("hang", 2.0)
+
+    async def go():
+        client = LLMClient(settings(server.base_url, timeout_s=0.3, max_retries=1), tmp_path / "c.sqlite")
+        try:
+            await client.complete(ask("hello"))
+        finally:
+            await client.aclose()
+
+    started = time.perf_counter()
+    with pytest.raises(LLMRequestError, match=r"127.0.0.1:\d+/v1: .*Timeout.*after 1 retries"):
+        run(go())
+    assert len(server.requests) == 2 and time.perf_counter() - started < 2.0
+
+
+def test_garbage_reply_is_reasked_once_then_kept_raw(server, tmp_path):
+    server.script.extend([("reply", "I think it detects cats."),
+                          ("reply", 'Sure! ```json\n{"label": "cats", "note": "a } in a string"}\n```')])
+
+    async def go():
+        client = LLMClient(settings(server.base_url), tmp_path / "c.sqlite")
+        good = await client.complete_json(ask("explain feature 1"))
+        server.script.extend([("reply", "no"), ("reply", "still no")])
+        bad = await client.complete_json(ask("explain feature 2"))
+        await client.aclose()
+        return good, bad, client.usage
+
+    good, bad, usage = run(go())
+    assert good.parsed and good.data == {"label": "cats", "note": "a } in a string"}
+    assert server.requests[1]["messages"][-1]["content"].startswith("Your reply was not a valid JSON object")
+    assert not bad.parsed and bad.text == "still no" and bad.data is None
+    assert usage.reasks == 2 and usage.unparsed_replies == 1
+
+
+def test_unknown_model_fails_the_job_quoting_the_server(server, tmp_path):
+    server.default = ("status", 404, {}, {"error": {"message": "model 'judge' not found, try pulling it first"}})
+
+    async def go():
+        client = LLMClient(settings(server.base_url), tmp_path / "c.sqlite")
+        try:
+            await client.run_all(["a", "b"], lambda item: client.complete(ask(item)))
+        finally:
+            await client.aclose()
+
+    with pytest.raises(LLMError, match=r"HTTP 404\): \"model 'judge' not found, try pulling it first\""):
+        run(go())
+    assert len(server.requests) == 2  # not retried
+
+
+def test_failures_are_counted_and_the_job_fails_past_the_share(server, tmp_path):
+    server.default = lambda body: (("status", 503, {}, {"error": {"message": "overloaded"}})
+                                   if "bad" in body["messages"][0]["content"] else ("reply", "fine"))
+    items = ["good 1", "good 2", "good 3", "bad 1"]
+
+    async def go(share):
+        client = LLMClient(settings(server.base_url, max_retries=1, max_failure_share=share),
+                           tmp_path / f"c{share}.sqlite")
+        try:
+            return await client.run_all(items, lambda item: client.complete(ask(item))), client
+        finally:
+            await client.aclose()
+
+    outcomes, client = run(go(0.5))
+    assert [o.error is None for o in outcomes] == [True, True, True, False]
+    assert "'overloaded' (after 1 retries)" in outcomes[3].error
+    assert client.usage_record()["failed_requests"] == 1
+    with pytest.raises(LLMError, match=r"127.0.0.1:\d+/v1: 1 of 4 items failed \(more than llm.max_failure_share 0.2\)"):
+        run(go(0.2))
+
+
+def test_the_key_is_read_from_the_named_variable_and_never_stored(server, tmp_path, monkeypatch):
+    with pytest.raises(LLMError, match="the environment variable CIRCUITFLOW_TEST_KEY .* is not set"):
+        LLMClient(settings("https://api.example.invalid/v1", api_key_env="CIRCUITFLOW_TEST_KEY"), tmp_path / "x")
+    assert not server.requests and not (tmp_path / "x").exists()
+    secret = "sk-test-0123456789abcdef"
+    monkeypatch.setenv("CIRCUITFLOW_TEST_KEY", secret)
+
+    async def go():
+        client = LLMClient(settings(server.base_url, api_key_env="CIRCUITFLOW_TEST_KEY", price_per_million_prompt=1.0,
+                                    price_per_million_completion=2.0), tmp_path / "cache.sqlite")
+        await client.complete(ask("hello"))
+        await client.aclose()
+        return client.write_usage(tmp_path / "usage.json")
+
+    usage = run(go())
+    assert server.headers[0]["Authorization"] == f"Bearer {secret}"
+    assert usage["cost_estimate"] == pytest.approx((11 * 1.0 + 3 * 2.0) / 1e6)
+    for path in tmp_path.iterdir():
+        assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_rerun_after_kill_9_resends_nothing_already_answered(tmp_path):
+    """A job killed mid-way keeps every reply it had received; the rerun asks only for the rest."""
+    server = ScriptedServer(default=lambda body: ("reply", "answer to " + body["messages"][0]["content"]),
+                            delay_s=0.3)
+    try:
+        prompts = [f"feature {i}" for i in range(8)]
+        job = textwrap.dedent(f"""
+            import asyncio, sys
+            from circuitflow.llm import LLMClient, LLMSettings
+            settings = LLMSettings(base_url={server.base_url!r}, model="judge", api_key_env=None, max_concurrency=1,
+                                   timeout_s=5.0, max_retries=0, temperature=0.0, max_tokens=64, json_mode=False,
+                                   max_failure_share=0.0)
+            async def main():
+                client = LLMClient(settings, {str(tmp_path / "cache.sqlite")!r})
+                await client.run_all({prompts!r}, lambda p: client.complete([{{"role": "user", "content": p}}]))
+            asyncio.run(main())
+        """)
+        process = subprocess.Popen([sys.executable, "-c", job])
+        deadline = time.time() + 60
+        while server.answered < 3:
+            assert time.time() < deadline and process.poll() is None
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        sent_before = len(server.requests)
+        assert sent_before < len(prompts)  # it really was killed mid-way
+
+        async def rerun():
+            client = LLMClient(settings(server.base_url, max_concurrency=1), tmp_path / "cache.sqlite")
+            cached = len(client.cache)
+            outcomes = await client.run_all(prompts, lambda p: client.complete(ask(p)))
+            await client.aclose()
+            return cached, outcomes, client.usage
+
+        server.delay_s = 0.0
+        cached, outcomes, usage = run(rerun())
+        assert cached >= 3 - 1  # replies are committed as they arrive (one may be in flight)
+        assert len(server.requests) - sent_before == len(prompts) - cached == usage.requests
+        assert usage.cache_hits == cached
+        assert [o.result.text for o in outcomes] == [f"answer to {p}" for p in prompts]
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('{"a": 1}', {"a": 1}),
+    ('Here you go:\n```json\n{"a": [1, 2]}\n```\nDone.', {"a": [1, 2]}),
+    ('prefix {"a": "x}y", "b": {"c": 2}} suffix', {"a": "x}y", "b": {"c": 2}}),
+    ('["not", "an", "object"] then {"ok": true}', {"ok": True}),
+])
+def test_extract_json(text, expected):
+    assert extract_json(text) == expected
+
+
+def test_extract_json_refuses_non_objects():
+    with pytest.raises(ValueError):
+        extract_json("[1, 2, 3]")

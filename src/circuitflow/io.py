@@ -36,6 +36,14 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         _remove(tmp)
 
 
+def keyed(keys, paths, what: str) -> dict:
+    """Pair a rule's path list with the keys it was built from (layers, slugs), checking lengths."""
+    keys, paths = list(keys), [str(p) for p in paths]
+    if len(keys) != len(paths):
+        raise ValueError(f"{len(paths)} {what} given for {len(keys)} entries {keys}")
+    return dict(zip(keys, paths))
+
+
 def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 

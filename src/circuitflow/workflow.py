@@ -20,6 +20,7 @@ from circuitflow.config import (
     config_value,
     settings_for,
 )
+from circuitflow.data.dataset import local_source_files
 from circuitflow.data.prompts import CONFIG_ORIGIN, discover_prompts
 from circuitflow.model.facts import ModelFacts, read_model_facts
 from circuitflow.model.source import resolve_source, source_facts
@@ -100,8 +101,7 @@ def rule_params(rule: str, config: dict, plan: WorkflowPlan) -> dict:
 
 def dataset_files(config: dict) -> list[str]:
     """A local corpus file is an input, so editing it reruns the dataset (hub ids are not files)."""
-    source = config_value(config, "dataset.source")
-    return [] if source.startswith("hf:") else [source]
+    return local_source_files(config_value(config, "dataset.source"))
 
 
 def prompt_files(plan: WorkflowPlan, slug: str) -> list[str]:

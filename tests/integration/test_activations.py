@@ -37,7 +37,7 @@ def test_cache_activations_end_to_end(tmp_path, tiny_model_dir, tiny_corpus):
     prepare_dataset(tiny_model_dir, tmp_path / "train.parquet", tmp_path / "val.parquet",
                     tmp_path / "summary.json", settings)
     shards = {0: str(tmp_path / "layer_0.parquet"), 1: str(tmp_path / "layer_1.parquet")}
-    manifest = cache_activations(tiny_model_dir, tmp_path / "train.parquet", shards,
+    manifest = cache_activations(tiny_model_dir, tmp_path / "train.parquet", list(shards.values()),
                                  tmp_path / "manifest.json",
                                  CacheActivationsSettings(layers=(0, 1), batch_size=4, row_group_tokens=100, device="cpu"))
     windows = pq.read_table(tmp_path / "train.parquet")

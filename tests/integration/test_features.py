@@ -40,7 +40,7 @@ def write_random_set(folder, model_dir, d_model, layers=(0, 1)):
                 p.normal_(0, 0.3)
         weights[layer] = folder / f"layer_{layer}.safetensors"
         save_transcoder(tc, layer, weights[layer])
-    write_transcoder_set(model_dir, weights, folder / "config.yaml",
+    write_transcoder_set(model_dir, list(weights.values()), folder / "config.yaml",
                          WriteTranscoderSetSettings(layers=tuple(layers), scan="./data/features"))
     return folder / "config.yaml"
 

@@ -37,6 +37,16 @@ def test_non_utf8_corpus_is_named(tmp_path):
         read_records(PrepareDatasetSettings(source=str(corpus)))
 
 
+def test_truncated_archive_is_named(tmp_path):
+    import lzma
+
+    corpus = tmp_path / "corpus.jsonl.xz"
+    data = lzma.compress(("".join(f'{{"text": "record {i}"}}\n' for i in range(2000))).encode())
+    corpus.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=r"corpus.jsonl.xz' cannot be read"):
+        read_records(PrepareDatasetSettings(source=str(corpus)))
+
+
 def test_model_config_without_layer_count_names_the_file(tmp_path):
     write_json(tmp_path / "config.json", {"hidden_size": 8})
     with pytest.raises(ModelSourceError, match=r"config.json has no layer count .*model.n_layers"):
@@ -74,14 +84,13 @@ def write_graph_inputs(folder, feature_text: str | None = None):
         (features / f"{cantor(layer, feature)}.json").write_text(json.dumps({"layer": layer, "feature": feature}))
     if feature_text is not None:
         (features / f"{cantor(1, 2)}.json").write_text(feature_text)
-    return {"g": str(folder / "g.json")}, {"g": str(folder / "g.metadata.json")}, \
-        {"g": str(folder / "g.scores.json")}, features
+    return [folder / "g.json"], [folder / "g.metadata.json"], [folder / "g.scores.json"], features
 
 
 def test_graph_folder_holds_checked_copies(tmp_path):
     graphs, metadata, scores, features = write_graph_inputs(tmp_path / "in")
     out = tmp_path / "graphs"
-    summary = assemble_graphs(graphs, metadata, scores, features, out)
+    summary = assemble_graphs(["g"], graphs, metadata, scores, features, out)
     assert summary["features"] == 2
     published = out / "features" / f"{cantor(1, 2)}.json"
     source = features / published.name
@@ -98,7 +107,7 @@ def test_truncated_or_wrong_feature_file_is_not_published(tmp_path, text, messag
     graphs, metadata, scores, features = write_graph_inputs(tmp_path / "in", feature_text=text)
     out = tmp_path / "graphs"
     with pytest.raises(GraphFolderError, match=rf"{cantor(1, 2)}.json.*{message}.*rerun collect_features"):
-        assemble_graphs(graphs, metadata, scores, features, out)
+        assemble_graphs(["g"], graphs, metadata, scores, features, out)
     assert not out.exists()
 
 
@@ -106,5 +115,5 @@ def test_truncated_graph_is_not_published(tmp_path):
     graphs, metadata, scores, features = write_graph_inputs(tmp_path / "in")
     (tmp_path / "in" / "g.json").write_text('{"nodes": [')
     with pytest.raises(GraphFolderError, match=r"graph .*g.json is not a circuit-tracer graph"):
-        assemble_graphs(graphs, metadata, scores, features, tmp_path / "graphs")
+        assemble_graphs(["g"], graphs, metadata, scores, features, tmp_path / "graphs")
     assert not (tmp_path / "graphs").exists()

@@ -121,7 +121,7 @@ def write_set(tmp_path, layers, model_dir, kinds=None):
         save_transcoder(tc, layer, weights[layer])
         originals[layer] = tc
     settings = WriteTranscoderSetSettings(layers=tuple(layers), scan="./data/features")
-    return originals, weights, lambda: write_transcoder_set(model_dir, weights, tmp_path / "tc" / "config.yaml",
+    return originals, weights, lambda: write_transcoder_set(model_dir, list(weights.values()), tmp_path / "tc" / "config.yaml",
                                                             settings)
 
 

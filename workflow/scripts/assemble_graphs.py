@@ -5,6 +5,5 @@ start_job(snakemake, uses_torch=False)
 
 from circuitflow.attribution import assemble_graphs
 
-slugs = snakemake.params.slugs
-assemble_graphs(dict(zip(slugs, snakemake.input.graphs)), dict(zip(slugs, snakemake.input.metadata)),
-                dict(zip(slugs, snakemake.input.scores)), snakemake.input.features, snakemake.output[0])
+assemble_graphs(snakemake.params.slugs, snakemake.input.graphs, snakemake.input.metadata, snakemake.input.scores,
+                snakemake.input.features, snakemake.output[0])

@@ -5,5 +5,5 @@ settings = start_job(snakemake)
 
 from circuitflow.activations import cache_activations
 
-cache_activations(snakemake.input.model, snakemake.input.train, dict(zip(settings.layers, snakemake.output.shards)),
-                  snakemake.output.manifest, settings)
+cache_activations(snakemake.input.model, snakemake.input.train, snakemake.output.shards, snakemake.output.manifest,
+                  settings)

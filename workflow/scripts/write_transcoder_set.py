@@ -5,5 +5,4 @@ settings = start_job(snakemake)
 
 from circuitflow.transcoders import write_transcoder_set
 
-write_transcoder_set(snakemake.input.model, dict(zip(settings.layers, snakemake.input.weights)),
-                     snakemake.output.config, settings)
+write_transcoder_set(snakemake.input.model, snakemake.input.weights, snakemake.output.config, settings)

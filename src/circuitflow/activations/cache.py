@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 
 from circuitflow.activations.shards import ShardWriters, activation_schema
 from circuitflow.config import CacheActivationsSettings
-from circuitflow.io import sha256_file, write_json
+from circuitflow.io import keyed, sha256_file, write_json
 from circuitflow.logs import Progress, pick_device
 from circuitflow.data.dataset import read_windows, usable_positions
 from circuitflow.model.facts import read_model_facts
@@ -51,9 +52,11 @@ class _RunningStats:
         }
 
 
-def cache_activations(model_dir: str | Path, train_split: str | Path, out_shards: dict[int, str],
+def cache_activations(model_dir: str | Path, train_split: str | Path, out_shards: Sequence[str | Path],
                       out_manifest: str | Path, settings: CacheActivationsSettings) -> dict:
-    """Stream every layer's MLP in/out over the train split into one parquet shard per layer."""
+    """Stream every layer's MLP in/out over the train split into one parquet shard per layer
+    (`out_shards` in the order of `settings.layers`)."""
+    out_shards = keyed(settings.layers, out_shards, "activation shards")
     device = pick_device(settings.device)
     model, _ = load_model(model_dir, settings.model_dtype)
     model.to(device)

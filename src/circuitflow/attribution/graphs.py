@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from circuitflow.features.ids import cantor_unpair
 from circuitflow.features.pack import PackError, load_feature_file
-from circuitflow.io import atomic_path, read_json, write_json
+from circuitflow.io import atomic_path, keyed, read_json, write_json
 
 log = logging.getLogger("circuitflow.attribution")
 
@@ -28,38 +28,43 @@ class GraphFolderError(ValueError):
     """A graph or feature file to be published is unreadable; the message names it."""
 
 
-def graph_feature_ids(graph_path: str | Path) -> set[int]:
-    """Cantor ids of the feature nodes of a graph JSON (which must parse)."""
+def read_graph(graph_path: str | Path) -> tuple[set[int], bytes]:
+    """The Cantor ids of a graph JSON's feature nodes, and the bytes they were parsed from."""
+    raw = Path(graph_path).read_bytes()
     try:
-        graph = json.loads(Path(graph_path).read_text(encoding="utf-8"))
-        return {int(node["feature"]) for node in graph["nodes"] if node.get("feature_type") == FEATURE_NODE}
-    except (ValueError, KeyError, TypeError) as error:
+        graph = json.loads(raw.decode("utf-8"))
+        return {int(node["feature"]) for node in graph["nodes"] if node.get("feature_type") == FEATURE_NODE}, raw
+    except (ValueError, KeyError, TypeError) as error:  # UnicodeDecodeError is a ValueError
         raise GraphFolderError(
             f"graph {graph_path} is not a circuit-tracer graph ({type(error).__name__}: {error}); "
             f"rerun attribute_prompt with --forcerun {graph_path}") from None
 
 
 def _publish_feature(source: Path, destination: Path) -> None:
-    """Copy one example file after checking it as pack_features does (a copy, not a link, so a
-    later write to the source cannot change what the viewer serves)."""
+    """Write the bytes of one example file that were checked as pack_features checks them (a
+    copy, not a link, so a later write to the source cannot change what the viewer serves)."""
     layer, feature = cantor_unpair(int(source.stem))
     try:
-        load_feature_file(source, str(source), layer, feature)
+        _, raw = load_feature_file(source, str(source), layer, feature)
     except PackError as error:
         raise GraphFolderError(f"{error}; rerun collect_features (--forcerun {source.parent})") from None
-    shutil.copyfile(source, destination)
+    destination.write_bytes(raw)
 
 
-def assemble_graphs(graphs: dict[str, str], metadata: dict[str, str], scores: dict[str, str],
-                    feature_dir: str | Path | None, out_dir: str | Path) -> dict:
-    """Copy each slug's graph and its features' example files into `out_dir`, each checked first."""
+def assemble_graphs(slugs: Sequence[str], graphs: Sequence[str | Path], metadata: Sequence[str | Path],
+                    scores: Sequence[str | Path], feature_dir: str | Path | None, out_dir: str | Path) -> dict:
+    """Copy each slug's graph and its features' example files into `out_dir`, each checked first
+    (`graphs`, `metadata` and `scores` in the order of `slugs`)."""
+    graphs, metadata, scores = (keyed(slugs, paths, what) for paths, what in (
+        (graphs, "graphs"), (metadata, "graph metadata files"), (scores, "score files")))
     slugs = sorted(graphs)
     needed: set[int] = set()
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         for slug in slugs:
-            needed |= graph_feature_ids(graphs[slug])
-            shutil.copyfile(graphs[slug], tmp / f"{slug}.json")
+            feature_ids, raw = read_graph(graphs[slug])
+            needed |= feature_ids
+            (tmp / f"{slug}.json").write_bytes(raw)
         write_json(tmp / "graph-metadata.json", {"graphs": [read_json(metadata[s]) for s in slugs]})
         write_json(tmp / "graph-scores.json", {s: read_json(scores[s]) for s in slugs})
         missing = []

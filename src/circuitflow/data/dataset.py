@@ -51,6 +51,14 @@ WINDOW_SCHEMA = pa.schema([
 ])
 
 
+HUB_PREFIX = "hf:"  # dataset.source 'hf:<dataset id>' names a Hugging Face hub dataset
+
+
+def local_source_files(source: str) -> list[str]:
+    """The files a dataset source reads from disk (none for a hub dataset)."""
+    return [] if source.startswith(HUB_PREFIX) else [source]
+
+
 class DatasetError(ValueError):
     """The configured dataset cannot be read or is unusable."""
 
@@ -75,7 +83,7 @@ def _base_suffix(path: Path) -> str:
 def read_records(settings: PrepareDatasetSettings) -> list[Record]:
     """Every non-empty record of the source, in source order."""
     source = settings.source
-    if source.startswith("hf:"):
+    if source.startswith(HUB_PREFIX):
         rows = _read_hub(settings)
     else:
         path = Path(source)
@@ -146,7 +154,7 @@ def _read_hub(settings: PrepareDatasetSettings) -> list[dict]:
         import datasets
     except ImportError as error:
         raise DatasetError("hub datasets need the `datasets` package: pip install datasets") from error
-    name = settings.source[3:]
+    name = settings.source[len(HUB_PREFIX):]
     try:
         data = datasets.load_dataset(name, settings.hub_config, split=settings.hub_split)
     except Exception as error:

@@ -70,8 +70,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def load_feature_file(path: Path, label: str, layer: int, feature: int) -> tuple[Any, int]:
-    """Parse one feature file and check it against its name; returns (object, input bytes)."""
+def load_feature_file(path: Path, label: str, layer: int, feature: int) -> tuple[Any, bytes]:
+    """Parse one feature file and check it against its name; returns (object, the bytes read)."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -93,7 +93,7 @@ def load_feature_file(path: Path, label: str, layer: int, feature: int) -> tuple
                 f"{label}: {key!r} is {obj[key]} but its name "
                 f"{path.stem} = cantor({layer}, {feature}) says {expected}"
             )
-    return obj, len(raw)
+    return obj, raw
 
 
 def _scan_names(feature_dir: Path, layers: list[int], n_features: int) -> dict[int, list[int]]:
@@ -171,8 +171,8 @@ def pack_feature_folder(
                 previous = -1
                 for feature, path, label in _features(feature_dir, layer, live):
                     # Re-checked while packing in case the folder changed since validation.
-                    obj, size = load_feature_file(path, label, layer, feature)
-                    json_bytes += size
+                    obj, raw = load_feature_file(path, label, layer, feature)
+                    json_bytes += len(raw)
                     entry = _entry(obj)
                     handle.write(entry)
                     offsets[previous + 1 : feature + 1] = [position] * (feature - previous)

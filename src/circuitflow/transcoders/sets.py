@@ -17,15 +17,17 @@ against it and against its tensors' shapes before the file is written).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from circuitflow.config import TranscoderArchitecture, WriteTranscoderSetSettings
-from circuitflow.io import atomic_path
+from circuitflow.io import atomic_path, keyed
 from circuitflow.model.facts import read_model_facts
 from circuitflow.model.hooks import HOOK_IN, HOOK_OUT
+from circuitflow.transcoders.single_layer import TranscoderFileError, check_transcoder_file
 
 ARCHITECTURE_KEYS = ("activation", "k", "n_features", "skip_connection")
 
@@ -58,44 +60,17 @@ class TranscoderSetConfig:
                 f"{sorted(self.layers)} only; add those layers to activations.layers")
 
 
-def _tensor_shapes(weights: Path) -> dict[str, list[int]]:
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="pt") as handle:
-        return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
-
-
-def _check_layer(layer: int, weights: Path, d_model: int) -> dict:
-    """The layer's architecture record, after checking it against its tensors and the model."""
-    from circuitflow.transcoders.single_layer import architecture_path, read_architecture
-
-    record = read_architecture(weights)
-    if record is None:
-        raise TranscoderSetError(f"{architecture_path(weights)} is missing; retrain layer {layer}")
-    if record["layer"] != layer:
-        raise TranscoderSetError(f"{architecture_path(weights)} is for layer {record['layer']}, not {layer}")
-    n_features = record["n_features"]
-    expected = {"W_enc": [n_features, d_model], "W_dec": [n_features, d_model], "b_enc": [n_features],
-                "b_dec": [d_model]}
-    if record["skip_connection"]:
-        expected["W_skip"] = [d_model, d_model]
-    shapes = _tensor_shapes(weights)
-    for key, shape in expected.items():
-        if shapes.get(key) != shape:
-            raise TranscoderSetError(
-                f"{weights}: {key} has shape {shapes.get(key)}, expected {shape} (d_model {d_model} of the "
-                f"model, n_features {n_features}); retrain layer {layer}")
-    return record
-
-
-def write_transcoder_set(model_dir: str | Path, weights: dict[int, str | Path], out_config: str | Path,
+def write_transcoder_set(model_dir: str | Path, weights: Sequence[str | Path], out_config: str | Path,
                          settings: WriteTranscoderSetSettings) -> dict:
-    """Check every layer's files against the model and each other, then write `config.yaml`."""
+    """Check every layer's files (`weights` in the order of `settings.layers`) against the model
+    and each other, then write `config.yaml`."""
     out_config = Path(out_config)
     facts = read_model_facts(model_dir)
-    if sorted(weights) != sorted(settings.layers):
-        raise TranscoderSetError(f"weights given for layers {sorted(weights)}, expected {list(settings.layers)}")
-    records = {layer: _check_layer(layer, Path(weights[layer]), facts.d_model) for layer in sorted(weights)}
+    weights = keyed(settings.layers, weights, "transcoder weights files")
+    try:
+        records = {layer: check_transcoder_file(weights[layer], layer, facts.d_model) for layer in sorted(weights)}
+    except TranscoderFileError as error:
+        raise TranscoderSetError(str(error)) from None
     first_layer = min(records)
     shared = {key: records[first_layer][key] for key in ARCHITECTURE_KEYS}
     for layer, record in records.items():

@@ -140,6 +140,34 @@ def read_architecture(weights: str | Path) -> dict | None:
     return record
 
 
+def check_transcoder_file(weights: str | Path, layer: int, d_model: int) -> dict:
+    """The architecture record of one layer's files, after checking it names `layer` and that
+    every tensor has the shape it and the model's `d_model` imply (read from the header only)."""
+    from safetensors import safe_open
+
+    weights = Path(weights)
+    record = read_architecture(weights)
+    if record is None:
+        raise TranscoderFileError(f"{architecture_path(weights)} is missing; retrain layer {layer}")
+    if record["layer"] != layer:
+        raise TranscoderFileError(f"{architecture_path(weights)} is for layer {record['layer']}, not {layer}")
+    n_features = record["n_features"]
+    expected = {"W_enc": [n_features, d_model], "W_dec": [n_features, d_model], "b_enc": [n_features],
+                "b_dec": [d_model]}
+    if record["skip_connection"]:
+        expected["W_skip"] = [d_model, d_model]
+    if record["activation"] == "jumprelu":
+        expected["activation_function.threshold"] = [n_features]
+    with safe_open(str(weights), framework="pt") as handle:
+        shapes = {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    for key, shape in expected.items():
+        if shapes.get(key) != shape:
+            raise TranscoderFileError(
+                f"{weights}: {key} has shape {shapes.get(key)}, expected {shape} (d_model {d_model} of the "
+                f"model, n_features {n_features}); retrain layer {layer}")
+    return record
+
+
 def load_transcoder(weights: str | Path) -> Transcoder:
     """Load a transcoder file; without an architecture JSON the activation is read from the
     tensors (``activation_function.threshold`` means JumpReLU, else ReLU), as circuit-tracer does."""

@@ -22,6 +22,7 @@ include: "rules/activations.smk"
 include: "rules/transcoders.smk"
 include: "rules/features.smk"
 include: "rules/attribution.smk"
+include: "rules/interp.smk"
 include: "rules/graphs.smk"
 
 
@@ -32,6 +33,7 @@ rule all:
         "results/graphs",
         rules.pack_features.output,
         rules.collect_neurons.output.metadata,
+        rules.compare_explanations.output,
 
 
 rule activations:
@@ -51,3 +53,13 @@ rule features:
     input:
         rules.pack_features.output,
         rules.collect_neurons.output.metadata,
+
+
+# Classifications, explanations and their scores for transcoder features and MLP neurons,
+# with the table comparing them (results/<run>/interp/scores_table.md).
+rule interp:
+    localrule: True
+    input:
+        expand(f"{INTERP}/{{kind}}/{{name}}", kind=INTERP_KINDS,
+               name=["feature_classifications.json", "autointerp.json", "scores.json"]),
+        rules.compare_explanations.output,

@@ -12,12 +12,16 @@ PLAN = plan_workflow(config)
 RESULTS = PLAN.results
 MODEL_DIR = PLAN.model_dir
 TRANSCODER_SET = f"{RESULTS}/transcoders/config.yaml"
+INTERP = f"{RESULTS}/interp"
+INTERP_CACHE = f"{INTERP}/llm-cache.sqlite"
+INTERP_KINDS = ["features", "neurons"]  # transcoder features, and the MLP-neuron baseline
 ENV = "../envs/circuitflow.yaml"
 
 
 wildcard_constraints:
     layer=r"\d+",
     slug=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    kind="|".join(INTERP_KINDS),
 
 
 def settings(rule_name):
@@ -38,3 +42,16 @@ def complete_transcoder_set(wildcards):
     """The set config, for rules that need every layer (fails with the missing layers otherwise)."""
     require_complete_set(PLAN)
     return TRANSCODER_SET
+
+
+def graphs_for_interp(wildcards):
+    """Transcoder features add the graphs' feature nodes to the judge's selection (when the
+    set is complete, so graphs can exist); neurons have no graph nodes."""
+    return per_prompt(".json") if wildcards.kind == "features" and PLAN.complete else []
+
+
+def transcoders_for_interp(wildcards):
+    """Scoring runs the transcoders to find negatives for features; neurons need only the model."""
+    if wildcards.kind != "features":
+        return []
+    return [TRANSCODER_SET, *per_layer("transcoders/layer_{layer}.safetensors")]

@@ -6,6 +6,9 @@ rule assemble_graphs:
         metadata=per_prompt(".metadata.json"),
         scores=per_prompt(".scores.json"),
         features=rules.collect_features.output.features,
+        explanations=f"{INTERP}/features/autointerp.json",
+        classifications=f"{INTERP}/features/feature_classifications.json",
+        feature_scores=f"{INTERP}/features/scores.json",
     output:
         directory("results/graphs"),
     params:

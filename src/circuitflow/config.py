@@ -238,6 +238,75 @@ class AttributePromptSettings:
     device: str = knob("device")
 
 
+@dataclass(frozen=True)
+class LLMSettings:
+    """The judge's endpoint and sampling (the API key is read from `api_key_env` in circuitflow.llm)."""
+
+    base_url: str | None = knob("llm.base_url")
+    model: str = knob("llm.model")
+    api_key_env: str | None = knob("llm.api_key_env")
+    local_model: str = knob("llm.local_model")
+    local_n_ctx: int = knob("llm.local_n_ctx")
+    local_threads: int = knob("llm.local_threads")
+    max_concurrency: int = knob("llm.max_concurrency")
+    timeout_s: float = knob("llm.timeout_s")
+    max_retries: int = knob("llm.max_retries")
+    backoff_s: float = knob("llm.backoff_s")
+    temperature: float = knob("llm.temperature")
+    top_p: float = knob("llm.top_p")
+    seed: int | None = knob("llm.seed")
+    max_tokens: int = knob("llm.max_tokens")
+    json_mode: bool = knob("llm.json_mode")
+    logprobs: bool = knob("llm.logprobs")
+    max_failure_share: float = knob("llm.max_failure_share")
+    price_per_million_prompt: float | None = knob("llm.price_per_million_prompt")
+    price_per_million_completion: float | None = knob("llm.price_per_million_completion")
+
+
+@dataclass(frozen=True)
+class SelectFeaturesSettings:
+    """Which features (or neurons) the judge works on: a seeded per-layer sample plus graph nodes."""
+
+    n_per_layer: int = knob("interp.n_per_layer")
+    min_frequency: float = knob("interp.min_frequency")
+    max_graph_features: int = knob("interp.max_graph_features")
+    min_explainer_examples: int = knob("interp.min_explainer_examples")
+    seed: int = knob("seed")
+
+
+@dataclass(frozen=True)
+class ClassifyFeaturesSettings:
+    llm: LLMSettings = field(default_factory=LLMSettings)
+    categories: dict = knob("interp.categories")
+    domain_types: dict = knob("interp.domain_types")
+    mechanisms: dict = knob("interp.mechanisms")
+    explainer_examples: int = knob("interp.explainer_examples")
+
+
+@dataclass(frozen=True)
+class ExplainFeaturesSettings:
+    llm: LLMSettings = field(default_factory=LLMSettings)
+    explainer_examples: int = knob("interp.explainer_examples")
+
+
+@dataclass(frozen=True)
+class ScoreExplanationsSettings:
+    llm: LLMSettings = field(default_factory=LLMSettings)
+    positives: int = knob("interp.positives")
+    negatives: int = knob("interp.negatives")
+    hard_negative_share: float = knob("interp.hard_negative_share")
+    negative_pool_windows: int = knob("interp.negative_pool_windows")
+    fuzzing: bool = knob("interp.fuzzing")
+    highlight_fraction: float = knob("interp.highlight_fraction")
+    answer_max_tokens: int = knob("interp.answer_max_tokens")
+    context_before: int = knob("features.context_before")
+    context_after: int = knob("features.context_after")
+    neurons_per_layer: int = knob("neurons.n_per_layer")
+    seed: int = knob("seed")
+    model_dtype: str = knob("model.dtype")
+    device: str = knob("device")
+
+
 # Rules whose script receives settings, and the class it receives.
 RULE_SETTINGS: dict[str, type] = {
     "prepare_model": PrepareModelSettings,
@@ -248,6 +317,10 @@ RULE_SETTINGS: dict[str, type] = {
     "collect_features": CollectFeaturesSettings,
     "collect_neurons": CollectNeuronsSettings,
     "attribute_prompt": AttributePromptSettings,
+    "select_features": SelectFeaturesSettings,
+    "classify_features": ClassifyFeaturesSettings,
+    "explain_features": ExplainFeaturesSettings,
+    "score_explanations": ScoreExplanationsSettings,
 }
 # Settings read at parse time only (no rule receives them).
 PARSE_TIME_SETTINGS: tuple[type, ...] = (WorkflowSettings, PromptSettings)

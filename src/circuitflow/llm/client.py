@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from circuitflow.config import LLMSettings
 from circuitflow.io import write_json
 from circuitflow.llm.cache import ResponseCache, request_key
 
@@ -54,23 +55,6 @@ class LLMRequestError(LLMError):
         self.retryable = retryable
 
 
-@dataclass(frozen=True)
-class LLMSettings:
-    base_url: str
-    model: str
-    api_key_env: str | None
-    max_concurrency: int
-    timeout_s: float
-    max_retries: int
-    temperature: float
-    max_tokens: int
-    json_mode: bool
-    max_failure_share: float
-    backoff_s: float = 1.0  # first retry delay; doubles per attempt, capped at 60 s, with jitter
-    price_per_million_prompt: float | None = None
-    price_per_million_completion: float | None = None
-
-
 @dataclass
 class Usage:
     requests: int = 0
@@ -90,6 +74,7 @@ class Reply:
     cached: bool
     data: Any = None  # the parsed JSON object, for complete_json
     parsed: bool = True
+    top_logprobs: dict | None = None  # first completion token's alternatives, token -> logprob
 
 
 @dataclass
@@ -155,11 +140,29 @@ def extract_json(text: str) -> Any:
     raise ValueError("no JSON object in the reply")
 
 
+def _first_token_logprobs(choice) -> dict | None:
+    """token -> logprob of the first completion token's alternatives, when the server sent them."""
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    first = content[0]
+    alternatives = {item.token: item.logprob for item in (first.top_logprobs or [])}
+    alternatives.setdefault(first.token, first.logprob)
+    return alternatives
+
+
 class LLMClient:
-    def __init__(self, settings: LLMSettings, cache_path: str | Path):
+    """`settings.base_url` must be set (circuitflow.llm.judge fills it in for the local server);
+    `identity` names the model in cache keys when the served name alone does not (a local
+    alias stands for whatever GGUF was loaded)."""
+
+    def __init__(self, settings: LLMSettings, cache_path: str | Path, identity: str | None = None):
         from openai import AsyncOpenAI
 
+        if not settings.base_url:
+            raise LLMError("llm.base_url is not set and no local judge was started")
         self.settings = settings
+        self.identity = identity or settings.model
         api_key = resolve_api_key(settings)  # first: a missing key fails before anything is touched
         self.cache = ResponseCache(cache_path)
         self.usage = Usage()
@@ -168,22 +171,28 @@ class LLMClient:
         self._semaphore = asyncio.Semaphore(settings.max_concurrency)
         self._started = time.perf_counter()
 
-    @property
-    def sampling(self) -> dict:
+    def sampling(self, max_tokens: int | None = None, json_mode: bool | None = None,
+                 top_logprobs: int | None = None) -> dict:
+        """Everything besides the messages that shapes a reply (and so keys the cache)."""
         s = self.settings
-        return {"temperature": s.temperature, "max_tokens": s.max_tokens, "json_mode": s.json_mode}
+        return {"temperature": s.temperature, "top_p": s.top_p, "seed": s.seed,
+                "max_tokens": max_tokens or s.max_tokens,
+                "json_mode": s.json_mode if json_mode is None else json_mode, "top_logprobs": top_logprobs}
 
-    async def complete(self, messages: list[dict]) -> Reply:
-        """One chat completion, from the cache when it was answered before."""
-        key = request_key(self.settings.model, messages, self.sampling)
+    async def complete(self, messages: list[dict], max_tokens: int | None = None, json_mode: bool | None = None,
+                       top_logprobs: int | None = None) -> Reply:
+        """One chat completion, from the cache when it was answered before. `top_logprobs`
+        asks for that many alternatives of each completion token (the first one's are returned)."""
+        sampling = self.sampling(max_tokens, json_mode, top_logprobs)
+        key = request_key(self.identity, messages, sampling)
         hit = self.cache.get(key)
         if hit is not None:
             self.usage.cache_hits += 1
-            return Reply(hit[0], cached=True)
+            return Reply(hit[0], cached=True, top_logprobs=hit[1].get("top_logprobs"))
         async with self._semaphore:
-            text, usage = await self._request_with_retries(messages)
-        self.cache.put(key, self.settings.model, {"messages": messages, **self.sampling}, text, usage)
-        return Reply(text, cached=False)
+            text, usage = await self._request_with_retries(messages, sampling)
+        self.cache.put(key, self.identity, {"messages": messages, **sampling}, text, usage)
+        return Reply(text, cached=False, top_logprobs=usage.get("top_logprobs"))
 
     async def complete_json(self, messages: list[dict]) -> Reply:
         """A JSON object reply; one re-ask when malformed, else the raw reply with parsed=False."""
@@ -201,14 +210,18 @@ class LLMClient:
             self.usage.unparsed_replies += 1
             return Reply(again.text, again.cached, None, parsed=False)
 
-    async def _request_with_retries(self, messages: list[dict]) -> tuple[str, dict]:
+    async def _request_with_retries(self, messages: list[dict], sampling: dict) -> tuple[str, dict]:
         import openai
 
         s = self.settings
-        kwargs: dict = {"model": s.model, "messages": messages, "temperature": s.temperature,
-                        "max_tokens": s.max_tokens}
-        if s.json_mode:
+        kwargs: dict = {"model": s.model, "messages": messages, "temperature": sampling["temperature"],
+                        "top_p": sampling["top_p"], "max_tokens": sampling["max_tokens"]}
+        if sampling["seed"] is not None:
+            kwargs["seed"] = sampling["seed"]
+        if sampling["json_mode"]:
             kwargs["response_format"] = {"type": "json_object"}
+        if sampling["top_logprobs"]:
+            kwargs["logprobs"], kwargs["top_logprobs"] = True, sampling["top_logprobs"]
         for attempt in range(s.max_retries + 1):
             self.usage.requests += 1
             try:
@@ -227,7 +240,11 @@ class LLMClient:
                           "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}
                 self.usage.prompt_tokens += counts["prompt_tokens"]
                 self.usage.completion_tokens += counts["completion_tokens"]
-                return response.choices[0].message.content or "", counts
+                choice = response.choices[0]
+                first = _first_token_logprobs(choice) if sampling["top_logprobs"] else None
+                if first is not None:
+                    counts["top_logprobs"] = first  # kept with the reply in the cache
+                return choice.message.content or "", counts
             if attempt == s.max_retries:
                 break
             self.usage.retries += 1
@@ -276,7 +293,8 @@ class LLMClient:
 
     def usage_record(self) -> dict:
         self.usage.wall_seconds = time.perf_counter() - self._started
-        record = {"endpoint": self.settings.base_url, "model": self.settings.model, **asdict(self.usage)}
+        record = {"endpoint": self.settings.base_url, "model": self.settings.model, "identity": self.identity,
+                  **asdict(self.usage)}
         s = self.settings
         if s.price_per_million_prompt is not None and s.price_per_million_completion is not None:
             record["cost_estimate"] = (self.usage.prompt_tokens * s.price_per_million_prompt

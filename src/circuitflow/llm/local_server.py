@@ -27,6 +27,17 @@ INSTALL_HINT = ("install it with `CMAKE_ARGS=-DGGML_NATIVE=OFF pip install 'llam
                 "(`make setup` does; it compiles llama.cpp, about 12 minutes on two cores)")
 
 
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the job that started it dies, even by kill -9."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -56,7 +67,8 @@ class LocalLlamaServer:
                    "--n_threads", str(self.n_threads)]
         log.info("starting the local judge: %s", " ".join(command))
         with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         try:
             self._wait_until_ready()
         except BaseException:

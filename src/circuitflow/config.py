@@ -267,6 +267,8 @@ class LLMSettings:
 class SelectFeaturesSettings:
     """Which features (or neurons) the judge works on: a seeded per-layer sample plus graph nodes."""
 
+    sample_layers: tuple[int, ...] = derived("every interp.layer_step-th of features.layers",
+                                             resolves="interp.layer_step")
     n_per_layer: int = knob("interp.n_per_layer")
     min_frequency: float = knob("interp.min_frequency")
     max_graph_features: int = knob("interp.max_graph_features")
@@ -295,6 +297,8 @@ class ScoreExplanationsSettings:
     positives: int = knob("interp.positives")
     negatives: int = knob("interp.negatives")
     hard_negative_share: float = knob("interp.hard_negative_share")
+    negative_max_fraction: float = knob("interp.negative_max_fraction")
+    neuron_negative_max_fraction: float = knob("interp.neuron_negative_max_fraction")
     negative_pool_windows: int = knob("interp.negative_pool_windows")
     fuzzing: bool = knob("interp.fuzzing")
     highlight_fraction: float = knob("interp.highlight_fraction")

@@ -34,6 +34,7 @@ class WorkflowPlan:
     n_layers: int
     layers: tuple[int, ...]  # activations.layers, resolved: layers with a transcoder
     feature_layers: tuple[int, ...]  # features.layers, resolved (a subset of `layers`)
+    interp_layers: tuple[int, ...]  # every interp.layer_step-th of `feature_layers`: sampled for the judge
     prompts: dict[str, str]  # slug -> origin (a file path, or config:attribution.prompts.<slug>)
 
     @property
@@ -75,6 +76,7 @@ def plan_workflow(config: dict) -> WorkflowPlan:
                       "out of range, the model has layers")
     feature_layers = _resolve(config_value(config, "features.layers"), list(layers), "features.layers",
                               "have no transcoder; transcoders are trained for activations.layers")
+    interp_layers = feature_layers[::config_value(config, "interp.layer_step")]
     k, n_features = config_value(config, "transcoder.k"), config_value(config, "transcoder.n_features")
     if config_value(config, "transcoder.activation") == "topk" and k > n_features:
         raise ConfigError(f"transcoder.k {k} exceeds transcoder.n_features {n_features}: lower k or add features")
@@ -85,7 +87,7 @@ def plan_workflow(config: dict) -> WorkflowPlan:
     prompt_settings = build(PromptSettings, config)
     prompts = discover_prompts(prompt_settings.prompts_dir, prompt_settings.prompts)
     return WorkflowPlan(settings.run, f"results/{settings.run}", model_folder(config), n_layers, layers,
-                        feature_layers, prompts)
+                        feature_layers, interp_layers, prompts)
 
 
 def rule_params(rule: str, config: dict, plan: WorkflowPlan) -> dict:
@@ -95,6 +97,7 @@ def rule_params(rule: str, config: dict, plan: WorkflowPlan) -> dict:
         "write_transcoder_set": {"layers": plan.layers},
         "collect_features": {"layers": plan.feature_layers, "source_id": f"{plan.run}-transcoders"},
         "collect_neurons": {"layers": plan.feature_layers, "source_id": f"{plan.run}-neurons"},
+        "select_features": {"sample_layers": plan.interp_layers},
     }.get(rule, {})
     return as_params(settings_for(rule, config, **derived))
 

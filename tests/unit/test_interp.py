@@ -156,7 +156,7 @@ def feature_dir(tmp_path):
 
 
 def test_selection_samples_per_layer_adds_graph_nodes_and_counts_skips(feature_dir, tmp_path):
-    settings = SelectFeaturesSettings(n_per_layer=2, max_graph_features=2, min_explainer_examples=5)
+    settings = SelectFeaturesSettings(sample_layers=(0, 1), n_per_layer=2, max_graph_features=2, min_explainer_examples=5)
     out = tmp_path / "selection.json"
     result = select_features(feature_dir, tmp_path / "meta.json", [tmp_path / "g.json"], out, settings)
     graph = [f for f in result["features"] if "graph" in f["selected_by"]]
@@ -190,7 +190,7 @@ def classification_reply(body):
 
 def test_classification_parses_keeps_raw_and_records_failures(feature_dir, tmp_path):
     select_features(feature_dir, tmp_path / "meta.json", [], tmp_path / "sel.json",
-                    SelectFeaturesSettings(n_per_layer=6, max_graph_features=0))
+                    SelectFeaturesSettings(sample_layers=(0, 1), n_per_layer=6, max_graph_features=0))
     server = ScriptedServer(default=classification_reply)
     try:
         settings = ClassifyFeaturesSettings(llm=llm(server.base_url, max_failure_share=0.5))
@@ -211,7 +211,7 @@ def test_classification_parses_keeps_raw_and_records_failures(feature_dir, tmp_p
 
 def test_explanations_drop_markers_and_fall_back_to_the_trivial_one(feature_dir, tmp_path):
     select_features(feature_dir, tmp_path / "meta.json", [], tmp_path / "sel.json",
-                    SelectFeaturesSettings(n_per_layer=1, max_graph_features=0))
+                    SelectFeaturesSettings(sample_layers=(0, 1), n_per_layer=1, max_graph_features=0))
     server = ScriptedServer(default=("reply", '{"reasoning": "x", "description": "the token <<<here>>> at the end"}'))
     try:
         result = explain_features(tmp_path / "sel.json", feature_dir, tmp_path / "autointerp.json",

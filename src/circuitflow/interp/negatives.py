@@ -4,8 +4,10 @@ The seed took document prefixes and assumed they did not activate the feature, w
 positives were windows around a firing: a judge could tell them apart by shape alone. Here a
 pool of validation windows is run through the model (and the transcoders, for features), and
 a negative is a window of the same length, with its peak token at the same offset, as a
-positive, on which the feature's activation is at most 0 at every token. "Hard" negatives
-also contain one of the feature's top activating tokens.
+positive, on which the feature's activation stays at or below a ceiling at every token: 0 for
+transcoder features (verified zero), a small fraction of the top activation for MLP neurons
+(whose gated activations are almost never at or below 0 for a whole window). "Hard"
+negatives also contain one of the feature's top activating tokens.
 """
 
 from __future__ import annotations
@@ -80,8 +82,8 @@ class ActivationPool:
                      for layer in sources for i, f in enumerate(wanted[layer])}
 
     def negatives(self, layer: int, feature: int, shapes: list[Snippet], n: int, hard_share: float,
-                  feature_json: dict, seed: int) -> list[Snippet]:
-        """Up to `n` windows where the feature never fires, shaped like `shapes` (cycled)."""
+                  feature_json: dict, seed: int, ceiling: float = 0.0) -> list[Snippet]:
+        """Up to `n` windows where the feature stays at or below `ceiling`, shaped like `shapes` (cycled)."""
         acts = self.acts[(layer, feature)]
         n_windows, n_pos = acts.shape
         rng = np.random.default_rng([seed, layer, feature])
@@ -97,7 +99,7 @@ class ActivationPool:
             for attempt in range(ATTEMPTS_PER_NEGATIVE):
                 w = int(rng.integers(n_windows))
                 start = 0 if starts_at_bos else int(rng.integers(1, max(2, n_pos - length + 1)))
-                if start + length > n_pos or (w, start) in used or acts[w, start:start + length].max() > 0:
+                if start + length > n_pos or (w, start) in used or acts[w, start:start + length].max() > ceiling:
                     continue
                 tokens = tuple(self.text[w][start:start + length])
                 if want_hard and attempt < ATTEMPTS_PER_NEGATIVE // 2 and not hard_tokens & set(tokens):

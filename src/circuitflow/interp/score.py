@@ -8,7 +8,8 @@ Two delphi-style scorers, done right (see negatives.py and examples.py):
   which the feature is verified to be zero, some of them "hard" (containing its top tokens).
 - **fuzzing**: the same positives with the tokens at or above `highlight_fraction` of the
   peak highlighted (correct), against negatives with as many random tokens highlighted
-  (incorrect); the judge says whether the highlighting fits the explanation.
+  (incorrect); the judge says whether the highlighting fits the explanation. Only the LLM
+  explanation is fuzzed: the non-LLM one lists the firing tokens, so it would mark itself.
 
 Each snippet is one request whose answer is one yes/no token; with ``llm.logprobs`` the
 probability P(yes)/(P(yes)+P(no)) from the top logprobs gives AUROC. Both the LLM explanation
@@ -101,7 +102,7 @@ async def score_one(client, descriptions: dict[str, str], positives: list[Snippe
     for source, description in descriptions.items():
         scores[source] = {"description": description,
                           "detection": await judge_items(client, detection_messages, description, detection, settings)}
-        if fuzzing is not None:
+        if fuzzing is not None and source != "trivial":  # it names tokens: highlighting them is no test
             scores[source]["fuzzing"] = await judge_items(client, fuzzing_messages, description, fuzzing, settings)
     return scores
 
@@ -155,13 +156,15 @@ def score_explanations(selection: str | Path, explanations: str | Path, feature_
     if prepared:
         pool = ActivationPool(model_dir, validation, kind, transcoder_set, wanted, settings.negative_pool_windows,
                               settings.neurons_per_layer, settings.seed, settings.model_dtype, settings.device)
+        fraction = settings.negative_max_fraction if kind == "features" else settings.neuron_negative_max_fraction
         for entry, feature, record, positives in prepared:
+            ceiling = fraction * float(feature.get("act_max", 0.0))
             negatives = pool.negatives(entry["layer"], entry["feature"], positives, settings.negatives,
-                                       settings.hard_negative_share, feature, settings.seed)
+                                       settings.hard_negative_share, feature, settings.seed, ceiling)
             if not negatives:
                 skipped.append({"cantor_id": entry["cantor_id"],
                                 "reason": f"no window of the {settings.negative_pool_windows}-window pool where it "
-                                          "stays zero (raise interp.negative_pool_windows)"})
+                                          f"stays at or below {ceiling:.3g} (raise interp.negative_pool_windows)"})
                 continue
             items.append((entry, record, positives, negatives))
 

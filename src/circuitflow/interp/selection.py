@@ -1,6 +1,6 @@
 """select_features: which features (or neurons) the LLM judge classifies, explains and scores.
 
-Two sources, merged: a seeded sample of `n_per_layer` live features per layer (the seed's
+Two sources, merged: a seeded sample of `n_per_layer` live features per layer of `sample_layers` (every `interp.layer_step`-th layer) (the seed's
 selection, without its bugs: a numpy generator seeded per layer, so adding a layer does not
 reshuffle the others), and, for transcoder features, the feature nodes of the attribution
 graphs, most influential first. circuit-tracer's node `influence` is the cumulative share of
@@ -84,7 +84,7 @@ def select_features(feature_dir: str | Path, metadata: str | Path, graphs: Seque
                               "activation_freq": float(entry["activation_freq"]), "selected_by": [reason], **extra}
         return True
 
-    for layer in sorted(by_layer):
+    for layer in sorted(set(by_layer) & set(settings.sample_layers)):
         live = sorted((e for e in by_layer[layer] if e["activation_freq"] >= settings.min_frequency),
                       key=lambda e: e["feature"])
         order = np.random.default_rng([settings.seed, layer]).permutation(len(live))

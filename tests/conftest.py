@@ -115,7 +115,7 @@ def tiny_config(tmp: Path, model_source: Path, corpus: Path, **overrides) -> dic
         # the default judge (llama.cpp's server on SmolLM2, started by each LLM job) on a few features
         "interp": {"layer_step": 1, "n_per_layer": 1, "max_graph_features": 2, "positives": 2, "negatives": 2,
                    "negative_pool_windows": 16, "explainer_examples": 5, "min_explainer_examples": 3},
-        "llm": {"max_tokens": 128},
+
     }
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value

@@ -182,6 +182,8 @@ def classification_reply(body):
     user = body["messages"][1]["content"]  # the question (a re-ask appends to it)
     if "L0F0:" in user:
         return ("reply", "I cannot decide")  # garbage, and again when re-asked: kept raw
+    if "L0F2:" in user:
+        return ("reply", '{"reasoning": "commas", "category": "language", "confidence": "hi')  # cut off
     if "L1F3" in user:
         return ("status", 500, {}, {"error": {"message": "backend exploded"}})
     return ("reply", json.dumps({"reasoning": "r", "category": "Domain", "confidence": "high",
@@ -204,9 +206,12 @@ def test_classification_parses_keeps_raw_and_records_failures(feature_dir, tmp_p
     assert records[(0, 0)]["category"] == "unparsed" and records[(0, 0)]["raw_reply"] == "I cannot decide"
     good = records[(0, 1)]
     assert good["category"] == "domain" and good["domain_type"] == "code" and good["mechanism"] is None
-    assert result["shares"]["overall"]["domain"] == pytest.approx(10 / 11)  # 12 selected, 1 failed, 1 unparsed
+    cut_off = records[(0, 2)]
+    assert cut_off["category"] == "language" and cut_off["salvaged"] and cut_off["confidence"] is None
+    shares = result["shares"]["overall"]  # 12 selected, 1 failed, 1 unparsed, 1 salvaged
+    assert shares["domain"] == pytest.approx(9 / 11) and shares["language"] == pytest.approx(1 / 11)
     usage = json.loads((tmp_path / "usage.json").read_text())
-    assert usage["reasks"] == 1 and usage["unparsed_replies"] == 1 and usage["failed_requests"] == 1
+    assert usage["reasks"] == 2 and usage["unparsed_replies"] == 2 and usage["failed_requests"] == 1
 
 
 def test_explanations_drop_markers_and_fall_back_to_the_trivial_one(feature_dir, tmp_path):

@@ -2,7 +2,8 @@
 
 Output ``feature_classifications.json`` in the seed's schema (``metadata`` + ``features``),
 plus what the seed lacked: per-layer and overall category shares, the features that failed
-(with the reason) and the replies that never parsed (kept raw). Sub-fields follow the seed:
+(with the reason) and the replies that never parsed (kept raw; a category named in an invalid
+reply is salvaged and flagged). Sub-fields follow the seed:
 ``domain_type`` only for 'domain', ``mechanism*``/``input_pattern``/``output_pattern`` only for
 'reasoning'; a category outside the configured ones is recorded as 'unparsed'.
 """
@@ -10,6 +11,7 @@ plus what the seed lacked: per-layer and overall category shares, the features t
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -36,8 +38,14 @@ def _choice(value, allowed) -> str | None:
     return value.lower() if value and value.lower() in allowed else None
 
 
+def salvage_fields(text: str) -> dict:
+    """String fields of a reply that is not valid JSON (cut off at max_tokens, say): a weak
+    judge often names the category correctly before its JSON goes wrong."""
+    return {key: value for key, value in re.findall(r'"(\w+)"\s*:\s*"([^"]*)"', text)}
+
+
 def classification_record(entry: dict, feature: dict, n_examples: int, reply, settings: ClassifyFeaturesSettings) -> dict:
-    data = reply.data if reply.parsed and isinstance(reply.data, dict) else {}
+    data = reply.data if reply.parsed and isinstance(reply.data, dict) else salvage_fields(reply.text)
     category = _choice(data.get("category"), settings.categories) or UNPARSED
     reasoning = category == "reasoning"
     record = {
@@ -53,8 +61,9 @@ def classification_record(entry: dict, feature: dict, n_examples: int, reply, se
         "n_examples": n_examples, "activation_freq": entry["activation_freq"],
         "top_logits": feature.get("top_logits", [])[:10], "selected_by": entry["selected_by"],
     }
-    if category == UNPARSED:
+    if category == UNPARSED or not reply.parsed:
         record["raw_reply"] = reply.text  # kept so a reader sees what the judge said
+        record["salvaged"] = category != UNPARSED  # the category came from a reply that was not valid JSON
     return record
 
 
@@ -89,6 +98,7 @@ def classify_features(selection: str | Path, feature_dir: str | Path, out_classi
         "metadata": {"input_dir": str(feature_dir), "model": judge_name(settings.llm),
                      "selection": str(selection), "n_classified": len(records),
                      "n_unparsed": sum(r["category"] == UNPARSED for r in records),
+                     "n_salvaged": sum(bool(r.get("salvaged")) for r in records),
                      "categories": settings.categories,
                      "failed": failures(outcomes, lambda item: {"cantor_id": item[0]["cantor_id"]})},
         "shares": category_shares(records, settings.categories),

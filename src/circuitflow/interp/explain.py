@@ -4,7 +4,8 @@ Output ``autointerp.json`` in the seed's schema (``description``, ``reasoning`` 
 without the detection fields: scoring is its own rule (score_explanations), so explanations
 can be rescored with another judge without asking for them again. Every feature also gets
 ``trivial_description``, the non-LLM baseline (its top activating tokens and top logits).
-A reply that never parses keeps its raw text and falls back to the trivial description.
+A reply that never parses keeps its raw text; a description it names before going wrong is
+salvaged, else the feature falls back to the trivial description.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from circuitflow.config import ExplainFeaturesSettings
 from circuitflow.interp.examples import MARK, explainer_examples, trivial_explanation
+from circuitflow.interp.classify import salvage_fields
 from circuitflow.interp.judging import failures, judge_all
 from circuitflow.interp.prompts import explanation_messages
 from circuitflow.interp.selection import load_selection
@@ -42,7 +44,7 @@ def explain_features(selection: str | Path, feature_dir: str | Path, out_explana
         entry, feature = item
         examples = explainer_examples(feature, settings.explainer_examples)
         reply = await client.complete_json(explanation_messages(feature, examples))
-        data = reply.data if reply.parsed and isinstance(reply.data, dict) else {}
+        data = reply.data if reply.parsed and isinstance(reply.data, dict) else salvage_fields(reply.text)
         description = clean_description(data.get("description"))
         record = {"layer": entry["layer"], "feature": entry["feature"], "cantor_id": entry["cantor_id"],
                   "description": description, "reasoning": data.get("reasoning") if description else None,

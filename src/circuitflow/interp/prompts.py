@@ -33,10 +33,11 @@ def feature_name(feature: dict) -> str:
 def classification_messages(feature: dict, examples: list[Snippet], categories: dict, domain_types: dict,
                             mechanisms: dict) -> list[dict]:
     category_lines = "\n".join(f"- {name}: {text}" for name, text in categories.items())
-    extra, fields = [], ['"reasoning": "brief analysis of the pattern"',
-                         f'"category": one of {", ".join(categories)}',
+    # category first: a reply cut off at max_tokens still names it (classify salvages it)
+    extra, fields = [], [f'"category": one of {", ".join(categories)}',
                          '"confidence": "high", "medium" or "low"',
-                         '"category_description": "one sentence on what the feature responds to"']
+                         '"category_description": "one sentence on what the feature responds to"',
+                         '"reasoning": "brief analysis of the pattern"']
     if "domain" in categories and domain_types:
         extra.append("If the category is domain, give domain_type: one of "
                      + ", ".join(f"{k} ({v})" for k, v in domain_types.items()) + ".")
@@ -65,10 +66,10 @@ def explanation_messages(feature: dict, examples: list[Snippet]) -> list[dict]:
               "(do not use the markers in your answer). Its activation depends only on the marked token "
               "and the tokens before it. Describe what makes it activate: the token and its context, "
               "in 5-15 words. Reply with only a JSON object: "
-              '{"reasoning": "brief analysis of the pattern", "description": "the concise description"}')
+              '{"description": "<what makes it activate>", "reasoning": "<brief analysis>"}')
     user = (f"Feature {feature_name(feature)}:\n\n{_examples_block(examples, with_acts=True)}\n\n"
             f"Tokens it promotes: {_logits_line(feature)}\n\n"
-            'Respond with: {"reasoning": "...", "description": "..."}')
+            'Respond with: {"description": "...", "reasoning": "..."}')
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 

@@ -11,13 +11,12 @@ reply is salvaged and flagged). Sub-fields follow the seed:
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from pathlib import Path
 
 from circuitflow.config import ClassifyFeaturesSettings
 from circuitflow.interp.examples import explainer_examples
-from circuitflow.interp.judging import failures, judge_all
+from circuitflow.interp.judging import failures, judge_all, reply_fields
 from circuitflow.interp.prompts import classification_messages
 from circuitflow.interp.selection import load_selection
 from circuitflow.io import write_json
@@ -38,14 +37,8 @@ def _choice(value, allowed) -> str | None:
     return value.lower() if value and value.lower() in allowed else None
 
 
-def salvage_fields(text: str) -> dict:
-    """String fields of a reply that is not valid JSON (cut off at max_tokens, say): a weak
-    judge often names the category correctly before its JSON goes wrong."""
-    return {key: value for key, value in re.findall(r'"(\w+)"\s*:\s*"([^"]*)"', text)}
-
-
 def classification_record(entry: dict, feature: dict, n_examples: int, reply, settings: ClassifyFeaturesSettings) -> dict:
-    data = reply.data if reply.parsed and isinstance(reply.data, dict) else salvage_fields(reply.text)
+    data = reply_fields(reply)
     category = _choice(data.get("category"), settings.categories) or UNPARSED
     reasoning = category == "reasoning"
     record = {

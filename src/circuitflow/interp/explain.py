@@ -15,8 +15,7 @@ from pathlib import Path
 
 from circuitflow.config import ExplainFeaturesSettings
 from circuitflow.interp.examples import MARK, explainer_examples, trivial_explanation
-from circuitflow.interp.classify import salvage_fields
-from circuitflow.interp.judging import failures, judge_all
+from circuitflow.interp.judging import failures, judge_all, reply_fields
 from circuitflow.interp.prompts import explanation_messages
 from circuitflow.interp.selection import load_selection
 from circuitflow.io import write_json
@@ -44,7 +43,7 @@ def explain_features(selection: str | Path, feature_dir: str | Path, out_explana
         entry, feature = item
         examples = explainer_examples(feature, settings.explainer_examples)
         reply = await client.complete_json(explanation_messages(feature, examples))
-        data = reply.data if reply.parsed and isinstance(reply.data, dict) else salvage_fields(reply.text)
+        data = reply_fields(reply)
         description = clean_description(data.get("description"))
         record = {"layer": entry["layer"], "feature": entry["feature"], "cantor_id": entry["cantor_id"],
                   "description": description, "reasoning": data.get("reasoning") if description else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -42,3 +43,14 @@ def judge_all(settings: LLMSettings, items: list, work: Callable[[LLMClient, Any
 
 def failures(outcomes: list[Outcome], describe: Callable[[Any], dict]) -> list[dict]:
     return [{**describe(o.item), "error": o.error} for o in outcomes if o.error]
+
+
+def salvage_fields(text: str) -> dict:
+    """String fields of a reply that is not valid JSON (cut off at max_tokens, say): a weak
+    judge often names the category or description correctly before its JSON goes wrong."""
+    return dict(re.findall(r'"(\w+)"\s*:\s*"([^"]*)"', text))
+
+
+def reply_fields(reply) -> dict:
+    """The reply's JSON object, or the fields salvaged from its raw text."""
+    return reply.data if reply.parsed and isinstance(reply.data, dict) else salvage_fields(reply.text)

@@ -263,7 +263,10 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
                 if n["feature_type"] == "cross layer transcoder" and (graphs / "features" / f"{n['feature']}.json").exists())
     layer, feature = int(node["layer"]), int(node["node_id"].split("_")[1])
     packed = read_packed_feature(tmp_path / "results/tiny/features/packed", layer, feature)
-    assert packed == json.loads((graphs / "features" / f"{node['feature']}.json").read_text())
+    published = json.loads((graphs / "features" / f"{node['feature']}.json").read_text())
+    from circuitflow.interp.labels import LABEL_FIELDS
+
+    assert packed == {key: value for key, value in published.items() if key not in LABEL_FIELDS}
     neurons = json.loads((tmp_path / "results/tiny/neurons/feature_metadata.json").read_text())
     assert neurons["kind"] == "neuron" and neurons["features"]
 

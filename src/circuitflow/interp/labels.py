@@ -14,6 +14,11 @@ from circuitflow.interp.examples import trivial_explanation
 from circuitflow.io import read_json
 
 
+# what assemble_graphs adds to a feature's JSON (the rest is collect_features' output, unchanged)
+LABEL_FIELDS = ("explanation", "explanation_source", "category", "category_confidence", "detection_score",
+                "fuzzing_score")
+
+
 @dataclass
 class FeatureLabels:
     explanations: dict[int, dict]

@@ -31,6 +31,7 @@ rule all:
     localrule: True
     input:
         "results/graphs",
+        rules.evaluate_transcoders.output,
         rules.pack_features.output,
         rules.collect_neurons.output.metadata,
         rules.compare_explanations.output,
@@ -46,6 +47,7 @@ rule transcoders:
     localrule: True
     input:
         rules.write_transcoder_set.output,
+        rules.evaluate_transcoders.output,
 
 
 rule features:

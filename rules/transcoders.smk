@@ -42,3 +42,31 @@ rule write_transcoder_set:
         ENV
     script:
         "../workflow/scripts/write_transcoder_set.py"
+
+
+# Fidelity on held-out validation windows: FVU, L0, dead/dense latents, and the next-token loss
+# with each MLP (and then every MLP) replaced by its transcoder, against zero-ablation.
+rule evaluate_transcoders:
+    input:
+        model=MODEL_DIR,
+        validation=rules.prepare_dataset.output.validation,
+        transcoders=rules.write_transcoder_set.output.config,
+        weights=per_layer("transcoders/layer_{layer}.safetensors"),
+    output:
+        fidelity=f"{RESULTS}/transcoders/fidelity.json",
+        table=f"{RESULTS}/transcoders/fidelity.csv",
+    params:
+        settings=settings("evaluate_transcoders"),
+    log:
+        f"{RESULTS}/logs/evaluate_transcoders.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_transcoders.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=1,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/evaluate_transcoders.py"

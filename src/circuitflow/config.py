@@ -180,6 +180,8 @@ class TrainingSettings:
     eval_tokens: int = knob("transcoder.eval_tokens")
     shuffle_row_groups: int = knob("transcoder.shuffle_row_groups")
     log_every_s: float = knob("transcoder.log_every_s")
+    calibration_tokens: int = knob("transcoder.calibration_tokens")
+    checkpoint_every: int = knob("transcoder.checkpoint_every")
     seed: int = knob("seed")
     device: str = knob("device")
 
@@ -194,6 +196,17 @@ class TrainTranscoderSettings:
 class WriteTranscoderSetSettings:
     layers: tuple[int, ...] = derived("resolved against the model", resolves="activations.layers")
     scan: str = knob("attribution.scan")
+
+
+@dataclass(frozen=True)
+class EvaluateTranscodersSettings:
+    layers: tuple[int, ...] = derived("resolved against the model", resolves="activations.layers")
+    windows: int = knob("evaluation.windows")
+    splice_windows: int = knob("evaluation.splice_windows")
+    batch_size: int = knob("evaluation.batch_size")
+    dense_fraction: float = knob("evaluation.dense_fraction")
+    model_dtype: str = knob("model.dtype")
+    device: str = knob("device")
 
 
 @dataclass(frozen=True)
@@ -318,6 +331,7 @@ RULE_SETTINGS: dict[str, type] = {
     "cache_activations": CacheActivationsSettings,
     "train_transcoder": TrainTranscoderSettings,
     "write_transcoder_set": WriteTranscoderSetSettings,
+    "evaluate_transcoders": EvaluateTranscodersSettings,
     "collect_features": CollectFeaturesSettings,
     "collect_neurons": CollectNeuronsSettings,
     "attribute_prompt": AttributePromptSettings,

@@ -78,8 +78,9 @@ def plan_workflow(config: dict) -> WorkflowPlan:
                               "have no transcoder; transcoders are trained for activations.layers")
     interp_layers = feature_layers[::config_value(config, "interp.layer_step")]
     k, n_features = config_value(config, "transcoder.k"), config_value(config, "transcoder.n_features")
-    if config_value(config, "transcoder.activation") == "topk" and k > n_features:
-        raise ConfigError(f"transcoder.k {k} exceeds transcoder.n_features {n_features}: lower k or add features")
+    if config_value(config, "transcoder.activation") in ("topk", "jumprelu") and k >= n_features:
+        raise ConfigError(f"transcoder.k {k} must be below transcoder.n_features {n_features} (a TopK that "
+                          "keeps every latent is not sparse): lower k or add features")
     context = config_value(config, "dataset.context_length")
     if facts is not None and facts.context_length is not None and context > facts.context_length:
         raise ConfigError(f"dataset.context_length {context} exceeds the model's context of "
@@ -95,6 +96,7 @@ def rule_params(rule: str, config: dict, plan: WorkflowPlan) -> dict:
     derived = {
         "cache_activations": {"layers": plan.layers},
         "write_transcoder_set": {"layers": plan.layers},
+        "evaluate_transcoders": {"layers": plan.layers},
         "collect_features": {"layers": plan.feature_layers, "source_id": f"{plan.run}-transcoders"},
         "collect_neurons": {"layers": plan.feature_layers, "source_id": f"{plan.run}-neurons"},
         "select_features": {"sample_layers": plan.interp_layers},

@@ -112,7 +112,9 @@ def test_plan_resolves_layers_and_prompts(tmp_path, monkeypatch):
 @pytest.mark.parametrize("sections,message", [
     ({"activations": {"layers": [0, 5]}}, r"activations.layers \[5\]: out of range"),
     ({"activations": {"layers": [0]}, "features": {"layers": [1]}}, r"features.layers \[1\]: have no transcoder"),
-    ({"transcoder": {"k": 64, "n_features": 32}}, "transcoder.k 64 exceeds transcoder.n_features 32"),
+    ({"transcoder": {"k": 64, "n_features": 32}}, "transcoder.k 64 must be below transcoder.n_features 32"),
+    ({"transcoder": {"k": 32, "n_features": 32, "activation": "jumprelu"}},
+     "transcoder.k 32 must be below transcoder.n_features 32"),
     ({"dataset": {"context_length": 128}}, "dataset.context_length 128 exceeds the model's context of 64"),
 ])
 def test_plan_rejects_configs_that_do_not_fit(tmp_path, monkeypatch, sections, message):

@@ -112,7 +112,7 @@ def test_lint_is_clean(default_checkout):
     ({"transcoder": {"k": "sixteen"}}, "invalid config at transcoder.k: 'sixteen' is not of type 'integer'"),
     ({"seeed": 1}, "invalid config at the top level: .*'seeed' was unexpected"),
     ({"device": "tpu"}, "invalid config at device: 'tpu' is not one of .*allowed values: 'auto', 'cpu', 'cuda'"),
-    ({"transcoder": {"k": 4096}}, "transcoder.k 4096 exceeds transcoder.n_features 2048"),
+    ({"transcoder": {"k": 4096}}, "transcoder.k 4096 must be below transcoder.n_features 2048"),
     ({"activations": {"layers": [0]}, "features": {"layers": [1]}}, r"features.layers \[1\]: have no transcoder"),
 ])
 def test_bad_config_fails_before_any_job(default_checkout, change, message):

@@ -131,7 +131,7 @@ def test_topk_set_round_trip(tmp_path):
     config = write()
     assert config["activation"] == "topk" and config["k"] == 3
     assert config["layers"] == {0: "layer_0.safetensors", 1: "layer_1.safetensors", 2: "layer_2.safetensors"}
-    assert config["transcoders"] == ["layer_0.safetensors", "layer_1.safetensors", "layer_2.safetensors"]
+    assert config["transcoders"] == [str((tmp_path / "tc" / f"layer_{i}.safetensors").resolve()) for i in range(3)]
     transcoder_set = load_transcoder_set(tmp_path / "tc" / "config.yaml", n_layers=3, d_model=6)
     assert transcoder_set.feature_input_hook == "mlp.hook_in" and transcoder_set.scan == "./data/features"
     x = torch.randn(15, 6)
@@ -141,6 +141,26 @@ def test_topk_set_round_trip(tmp_path):
             assert torch.equal(transcoder_set[layer].encode(x), tc.encode(x))
     with pytest.raises(ValueError, match="d_model 6 but the model has 8"):
         load_transcoder_set(tmp_path / "tc" / "config.yaml", n_layers=3, d_model=8)
+
+
+def test_jumprelu_set_loads_with_circuit_tracers_own_loader(tmp_path, monkeypatch):
+    """circuit-tracer's `load_transcoders` on our config.yaml, from another working directory,
+    gives transcoders with our outputs and features."""
+    import yaml
+    from circuit_tracer.utils.hf_utils import load_transcoders
+
+    originals, _, write = write_set(tmp_path, range(3), fake_model_dir(tmp_path), kinds=dict.fromkeys(range(3), "jumprelu"))
+    write()
+    monkeypatch.chdir(tmp_path.parent)
+    config = yaml.safe_load((tmp_path / "tc" / "config.yaml").read_text())
+    assert config["activation"] == "jumprelu" and config["k"] is None
+    theirs = load_transcoders(config, device=torch.device("cpu"), dtype=torch.float32, lazy_decoder=False)
+    assert theirs.scan == "./data/features" and theirs.feature_output_hook == "mlp.hook_out"
+    x = torch.randn(15, 6)
+    with torch.no_grad():
+        for layer, tc in originals.items():
+            assert torch.equal(theirs[layer].encode(x), tc.encode(x))
+            assert torch.allclose(theirs[layer](x), tc(x), atol=1e-6)
 
 
 def test_partial_set_keeps_layer_numbers(tmp_path):
@@ -205,7 +225,7 @@ def train(shard, settings, folder, name):
     return train_transcoder(shard, 0, *out, settings)
 
 
-@pytest.mark.parametrize("activation", ["topk", "relu"])
+@pytest.mark.parametrize("activation", ["topk", "jumprelu", "relu"])
 def test_training_learns_and_is_deterministic(tmp_path, activation):
     shard = tmp_path / "layer_0.parquet"
     _write_synthetic_shard(shard)
@@ -257,3 +277,20 @@ def test_bad_settings_are_named(tmp_path):
     with pytest.raises(ValueError, match="too few"):
         train(shard, train_settings(arch(), eval_tokens=500, batch_size=256), tmp_path, "w")
     assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_jumprelu_thresholds_keep_topk_sparsity_and_fidelity(tmp_path):
+    """TopK training, then thresholds: held-out L0 stays near k and FVU near TopK's."""
+    shard = tmp_path / "layer_0.parquet"
+    _write_synthetic_shard(shard, n_tokens=9000)
+    training = dict(steps=300, batch_size=256, lr=1e-2, warmup_steps=10, eval_tokens=1000, dead_tokens=2000,
+                    calibration_tokens=4000, seed=3, device="cpu")
+    metrics = train(shard, train_settings(arch("jumprelu", n_features=64, k=8), **training), tmp_path, "j")
+    topk = metrics["calibration"]["topk_before_calibration"]
+    assert metrics["calibration"]["calibration_tokens"] == 4000
+    assert metrics["calibration"]["jumprelu_l0_on_calibration"] == pytest.approx(
+        metrics["calibration"]["topk_l0_on_calibration"], rel=0.02)
+    assert 4 < topk["l0"] <= 8 and metrics["l0"] == pytest.approx(topk["l0"], rel=0.2)
+    assert metrics["fvu"] < topk["fvu"] + 0.05
+    tc = load_transcoder(tmp_path / "j.safetensors")
+    assert tc.activation == "jumprelu" and (tc.threshold >= 0).all() and (tc.threshold > 0).any()

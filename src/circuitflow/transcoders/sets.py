@@ -6,8 +6,8 @@ The file follows circuit-tracer's ``transcoder_set`` config (``model_kind``, hoo
     layers:          # layer number -> weights file, relative to config.yaml (explicit, any subset)
       3: layer_3.safetensors
       5: layer_5.safetensors
-    transcoders:     # circuit-tracer's positional list (index = layer); only for a complete set
-      - layer_0.safetensors
+    transcoders:     # circuit-tracer's positional list (index = layer), absolute paths as
+      - /abs/.../layer_0.safetensors    # for model_name; only for a complete set
       ...
 
 plus ``activation``, ``k``, ``d_model``, ``n_features`` and ``skip_connection``, the
@@ -95,7 +95,9 @@ def write_transcoder_set(model_dir: str | Path, weights: Sequence[str | Path], o
         "layers": relative,
     }
     if sorted(relative) == list(range(facts.n_layers)):
-        config["transcoders"] = [relative[layer] for layer in sorted(relative)]
+        # circuit-tracer opens these paths as given (from the working directory), so they are
+        # absolute, like model_name: its own `load_transcoders(config)` then works from anywhere.
+        config["transcoders"] = [str(Path(weights[layer]).resolve()) for layer in sorted(relative)]
     with atomic_path(out_config) as tmp:
         tmp.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return config

@@ -4,7 +4,9 @@ The module and its files are in `circuitflow.transcoders.single_layer`. Training
 follow the TopK recipe of Gao et al. and EleutherAI's sparsify): FVU loss, AuxK loss on dead
 latents (alpha 1/32, k_aux = d_model/2), Adam with linear warmup and linear decay, decoder
 rows kept at unit norm (with the parallel gradient component removed), ``b_dec`` initialised
-to the mean MLP output and ``b_enc`` centring the mean input. The architecture and the
+to the mean MLP output and ``b_enc`` centring the mean input. A JumpReLU transcoder is trained
+as TopK, then each feature gets a threshold that keeps its TopK firing rate
+(`calibrate_thresholds`), so circuit-tracer's own loader reads it. The architecture and the
 training settings arrive separately (`TrainTranscoderSettings`), as in sparsify.
 """
 
@@ -23,11 +25,12 @@ from circuitflow.activations.shards import ActivationShard
 from circuitflow.config import TrainingSettings, TrainTranscoderSettings
 from circuitflow.io import write_json
 from circuitflow.logs import Progress, pick_device
-from circuitflow.transcoders.single_layer import Transcoder, save_transcoder
+from circuitflow.transcoders.single_layer import ReluTopK, Transcoder, save_transcoder
 
 log = logging.getLogger("circuitflow.transcoders")
 
-TRAINABLE = ("topk", "relu")
+TRAINABLE = ("topk", "jumprelu", "relu")
+TOPK_TRAINED = ("topk", "jumprelu")  # jumprelu: TopK training, then per-feature thresholds
 
 
 class _Batches:
@@ -138,8 +141,35 @@ def _lr_factor(step: int, settings: TrainingSettings) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: Transcoder, x: torch.Tensor, y: torch.Tensor) -> dict:
-    acts = model.encode(x)
+def calibrate_thresholds(model: Transcoder, x: torch.Tensor) -> dict:
+    """Give a TopK-trained transcoder JumpReLU thresholds: each feature's threshold keeps the
+    firing rate it had under TopK on the calibration tokens `x` (it lies midway between its
+    c-th and (c+1)-th largest pre-activations, c being how often TopK let it fire), so the mean
+    L0 stays k. A feature TopK never picked gets its largest pre-activation and stays silent."""
+    pre = model.pre_activations(x)
+    _, indices, acts, _ = topk_forward(model, x)
+    counts = torch.zeros(model.n_features, dtype=torch.long, device=x.device)
+    counts.scatter_add_(0, indices[acts > 0], torch.ones_like(indices[acts > 0]))
+    ranked = pre.sort(dim=0, descending=True).values  # [tokens, features]
+    n = ranked.shape[0]
+    above = ranked.gather(0, (counts - 1).clamp(0, n - 1)[None])[0]
+    below = ranked.gather(0, counts.clamp(max=n - 1)[None])[0]
+    threshold = torch.where(counts == 0, ranked[0], (above + below) / 2)
+    threshold = torch.where(counts >= n, torch.zeros_like(threshold), threshold).clamp_min(0)
+    model.threshold.copy_(threshold)
+    return {"calibration_tokens": n, "features_never_picked": int((counts == 0).sum()),
+            "topk_l0_on_calibration": float(counts.sum()) / n,
+            "jumprelu_l0_on_calibration": float((pre > threshold).sum()) / n}
+
+
+@torch.no_grad()
+def evaluate(model: Transcoder, x: torch.Tensor, y: torch.Tensor, activation: str | None = None) -> dict:
+    """FVU, L0 and never-fired share on held-out tokens; `activation` overrides the model's own
+    (to measure a JumpReLU transcoder as the TopK it was trained as)."""
+    if activation == "topk":
+        acts = ReluTopK(model.k)(model.pre_activations(x))
+    else:
+        acts = model.encode(x)
     y_hat = model.decode(acts, x)
     fired = (acts > 0).any(0)
     return {
@@ -156,6 +186,9 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
     settings = dataclasses.replace(settings.training, device=pick_device(settings.training.device))
     if architecture.activation not in TRAINABLE:
         raise ValueError(f"transcoder.activation {architecture.activation!r}: training supports {TRAINABLE}")
+    if architecture.activation in TOPK_TRAINED and not 0 < architecture.k < architecture.n_features:
+        raise ValueError(f"transcoder.k {architecture.k} must be in 1..{architecture.n_features - 1} "
+                         f"(below transcoder.n_features {architecture.n_features})")
     started = time.perf_counter()
     shard = ActivationShard(shard_path)
     torch.manual_seed(settings.seed * 1000 + layer)
@@ -185,7 +218,7 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
         if step:
             x, y = next(stream)
             x, y = (x / scale_x).to(device), (y / scale_y).to(device)
-        if architecture.activation == "topk":
+        if architecture.activation in TOPK_TRAINED:
             pre, indices, acts, y_hat = topk_forward(model, x)
             loss_fvu = fvu(y, y_hat)
             fired = torch.zeros(architecture.n_features, dtype=torch.bool, device=device)
@@ -217,10 +250,17 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
                           "dead": int((tokens_since_fired >= settings.dead_tokens).sum())})
         progress.update(1)
 
+    calibration = {}
+    if architecture.activation == "jumprelu":
+        calibration_x = _take_tokens(stream, settings.calibration_tokens, scale_x, device)
+        calibration = calibrate_thresholds(model, calibration_x)
     _fold_scales(model, scale_x, scale_y)
+    if calibration:
+        calibration["topk_before_calibration"] = evaluate(model, eval_x, eval_y, activation="topk")
     metrics = {
         "layer": layer,
         **evaluate(model, eval_x, eval_y),
+        **({"calibration": calibration} if calibration else {}),
         "dead_fraction": float((tokens_since_fired >= settings.dead_tokens).float().mean()),
         "dead_definition": f"no activation in the last {settings.dead_tokens} training tokens",
         "eval_tokens": int(eval_x.shape[0]),
@@ -235,7 +275,22 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
     write_json(out_metrics, metrics)
     log.info("layer %d: FVU %.4f, L0 %.1f, dead %.3f, %d tokens in %.1fs", layer, metrics["fvu"],
              metrics["l0"], metrics["dead_fraction"], metrics["tokens_seen"], metrics["seconds"])
+    if calibration:
+        before = calibration["topk_before_calibration"]
+        log.info("layer %d: JumpReLU thresholds from %d tokens: held-out FVU %.4f and L0 %.1f (TopK before: "
+                 "%.4f and %.1f)", layer, calibration["calibration_tokens"], metrics["fvu"], metrics["l0"],
+                 before["fvu"], before["l0"])
     return metrics
+
+
+def _take_tokens(stream, n_tokens: int, scale_x: float, device) -> torch.Tensor:
+    """The next `n_tokens` MLP inputs of the batch stream, rescaled as in training."""
+    parts, have = [], 0
+    while have < n_tokens:
+        x, _ = next(stream)
+        parts.append(x)
+        have += len(x)
+    return (torch.cat(parts)[:n_tokens] / scale_x).to(device)
 
 
 def _rms(t: torch.Tensor) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -294,3 +296,56 @@ def test_jumprelu_thresholds_keep_topk_sparsity_and_fidelity(tmp_path):
     assert metrics["fvu"] < topk["fvu"] + 0.05
     tc = load_transcoder(tmp_path / "j.safetensors")
     assert tc.activation == "jumprelu" and (tc.threshold >= 0).all() and (tc.threshold > 0).any()
+
+
+KILL_AFTER_SECOND_CHECKPOINT = """
+import os, signal, sys
+from circuitflow.transcoders import training
+save = training._Checkpoint.save
+calls = []
+def save_then_die(self, *args, **kwargs):
+    save(self, *args, **kwargs)
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+training._Checkpoint.save = save_then_die
+from circuitflow.config import TrainTranscoderSettings, from_params
+import json
+settings = from_params(TrainTranscoderSettings, json.loads(sys.argv[2]))
+out = sys.argv[3]
+training.train_transcoder(sys.argv[1], 0, out + ".safetensors", out + ".architecture.json", out + ".json", settings)
+"""
+
+
+def test_training_resumes_after_kill_9_with_identical_weights(tmp_path):
+    """kill -9 right after the second checkpoint; the rerun resumes and ends byte-identical to an
+    uninterrupted run; a checkpoint from other settings is not resumed."""
+    import subprocess
+    import sys
+
+    from circuitflow.config import as_params
+
+    shard = tmp_path / "layer_0.parquet"
+    _write_synthetic_shard(shard)
+    settings = train_settings(arch("topk", n_features=64, k=8), steps=50, batch_size=256, warmup_steps=5,
+                              eval_tokens=500, dead_tokens=2000, checkpoint_every=10, seed=3, device="cpu")
+    uninterrupted = train(shard, settings, tmp_path / "a", "layer_0")
+    assert uninterrupted["resumed_from_step"] == 0
+    assert not (tmp_path / "a" / "checkpoints").exists()  # removed once the weights are written
+
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SECOND_CHECKPOINT, str(shard),
+                             json.dumps(as_params(settings)), str(tmp_path / "b" / "layer_0")])
+    assert killed.returncode == -9
+    assert (tmp_path / "b" / "checkpoints" / "layer_0.pt").is_file()
+    assert not (tmp_path / "b" / "layer_0.safetensors").exists()
+    resumed = train(shard, settings, tmp_path / "b", "layer_0")
+    assert resumed["resumed_from_step"] == 20
+    assert (tmp_path / "b" / "layer_0.safetensors").read_bytes() == (tmp_path / "a" / "layer_0.safetensors").read_bytes()
+    assert resumed["curve"] == uninterrupted["curve"] and resumed["fvu"] == uninterrupted["fvu"]
+
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SECOND_CHECKPOINT, str(shard),
+                             json.dumps(as_params(settings)), str(tmp_path / "c" / "layer_0")])
+    assert killed.returncode == -9
+    other = train_settings(arch("topk", n_features=64, k=8), steps=50, batch_size=256, warmup_steps=5,
+                           eval_tokens=500, dead_tokens=2000, checkpoint_every=10, seed=4, device="cpu")
+    assert train(shard, other, tmp_path / "c", "layer_0")["resumed_from_step"] == 0

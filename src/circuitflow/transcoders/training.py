@@ -13,6 +13,8 @@ training settings arrive separately (`TrainTranscoderSettings`), as in sparsify.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 from circuitflow.activations.shards import ActivationShard
 from circuitflow.config import TrainingSettings, TrainTranscoderSettings
-from circuitflow.io import write_json
+from circuitflow.io import atomic_path, write_json
 from circuitflow.logs import Progress, pick_device
 from circuitflow.transcoders.single_layer import ReluTopK, Transcoder, save_transcoder
 
@@ -211,10 +213,16 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, settings))
     tokens_since_fired = torch.zeros(architecture.n_features, dtype=torch.long, device=device)
-    progress = Progress(log, f"train_transcoder layer {layer}", settings.steps, "steps", settings.log_every_s)
     curve = []
+    checkpoint = _Checkpoint(out_weights, layer, _fingerprint(shard, architecture, settings, layer))
+    start_step = checkpoint.restore(model, optimizer, scheduler, tokens_since_fired, curve)
+    for _ in range(max(start_step - 1, 0)):  # the stream is seeded: replaying it skips the seen batches
+        next(stream)
+    progress = Progress(log, f"train_transcoder layer {layer}", settings.steps, "steps", settings.log_every_s)
+    progress.update(start_step)
     x, y = first_x, first_y
-    for step in range(settings.steps):
+    loop_started = time.perf_counter()
+    for step in range(start_step, settings.steps):
         if step:
             x, y = next(stream)
             x, y = (x / scale_x).to(device), (y / scale_y).to(device)
@@ -249,7 +257,11 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
             curve.append({"step": step, "fvu": float(loss_fvu.detach()), "aux": float(aux.detach()),
                           "dead": int((tokens_since_fired >= settings.dead_tokens).sum())})
         progress.update(1)
+        done = step + 1
+        if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps:
+            checkpoint.save(done, model, optimizer, scheduler, tokens_since_fired, curve)
 
+    loop_seconds = time.perf_counter() - loop_started
     calibration = {}
     if architecture.activation == "jumprelu":
         calibration_x = _take_tokens(stream, settings.calibration_tokens, scale_x, device)
@@ -267,12 +279,15 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
         "tokens_seen": settings.steps * settings.batch_size,
         "shard_tokens": shard.n_rows,
         "steps": settings.steps,
+        "resumed_from_step": start_step,
         "seconds": time.perf_counter() - started,
+        "training_tokens_per_second": (settings.steps - start_step) * settings.batch_size / max(loop_seconds, 1e-9),
         "curve": curve,
         "training": dataclasses.asdict(settings),
     }
     save_transcoder(model, layer, out_weights, out_architecture)
     write_json(out_metrics, metrics)
+    checkpoint.remove()
     log.info("layer %d: FVU %.4f, L0 %.1f, dead %.3f, %d tokens in %.1fs", layer, metrics["fvu"],
              metrics["l0"], metrics["dead_fraction"], metrics["tokens_seen"], metrics["seconds"])
     if calibration:
@@ -281,6 +296,62 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
                  "%.4f and %.1f)", layer, calibration["calibration_tokens"], metrics["fvu"], metrics["l0"],
                  before["fvu"], before["l0"])
     return metrics
+
+
+def _fingerprint(shard: ActivationShard, architecture, settings: TrainingSettings, layer: int) -> str:
+    """What a checkpoint must match to be resumed: the data, the architecture and every training
+    setting that changes the numbers (not the logging or checkpoint cadence)."""
+    training = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("log_every_s", "checkpoint_every")}
+    identity = {"shard": str(Path(shard.path).resolve()), "bytes": Path(shard.path).stat().st_size,
+                "rows": shard.n_rows, "layer": layer, "architecture": dataclasses.asdict(architecture),
+                "training": training}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+class _Checkpoint:
+    """``checkpoints/layer_{l}.pt`` beside the weights: everything the loop changes (weights,
+    optimizer and scheduler state, dead-latent counters, the curve) after a given step, written
+    atomically. The batch stream is seeded, so a resumed run replays it to the same position and
+    ends with the same weights as an uninterrupted one."""
+
+    def __init__(self, out_weights: str | Path, layer: int, fingerprint: str):
+        self.path = Path(out_weights).parent / "checkpoints" / f"layer_{layer}.pt"
+        self.fingerprint = fingerprint
+
+    def save(self, step: int, model, optimizer, scheduler, tokens_since_fired, curve) -> None:
+        state = {"fingerprint": self.fingerprint, "step": step, "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "tokens_since_fired": tokens_since_fired, "curve": curve}
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+        log.info("checkpoint after step %d: %s", step, self.path)
+
+    def restore(self, model, optimizer, scheduler, tokens_since_fired, curve) -> int:
+        """The step to start from: 0, or the one after the last checkpoint of this same run."""
+        if not self.path.is_file():
+            return 0
+        try:
+            state = torch.load(self.path, map_location=tokens_since_fired.device, weights_only=True)
+        except Exception as error:  # a torn or foreign file: train from scratch rather than trust it
+            log.warning("ignoring unreadable checkpoint %s (%s); training from step 0", self.path, error)
+            return 0
+        if state.get("fingerprint") != self.fingerprint:
+            log.info("checkpoint %s is from other data or settings; training from step 0", self.path)
+            return 0
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        tokens_since_fired.copy_(state["tokens_since_fired"])
+        curve.extend(state["curve"])
+        log.info("resuming from the checkpoint after step %d: %s", state["step"], self.path)
+        return int(state["step"])
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()
+        except OSError:  # other layers' checkpoints are still there
+            pass
 
 
 def _take_tokens(stream, n_tokens: int, scale_x: float, device) -> torch.Tensor:

@@ -182,6 +182,8 @@ class TrainingSettings:
     log_every_s: float = knob("transcoder.log_every_s")
     calibration_tokens: int = knob("transcoder.calibration_tokens")
     checkpoint_every: int = knob("transcoder.checkpoint_every")
+    resample_every: int = knob("transcoder.resample_every")
+    resample_until_fraction: float = knob("transcoder.resample_until_fraction")
     seed: int = knob("seed")
     device: str = knob("device")
 

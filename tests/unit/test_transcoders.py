@@ -349,3 +349,36 @@ def test_training_resumes_after_kill_9_with_identical_weights(tmp_path):
     other = train_settings(arch("topk", n_features=64, k=8), steps=50, batch_size=256, warmup_steps=5,
                            eval_tokens=500, dead_tokens=2000, checkpoint_every=10, seed=4, device="cpu")
     assert train(shard, other, tmp_path / "c", "layer_0")["resumed_from_step"] == 0
+
+
+def test_resampling_restarts_silent_latents_on_badly_reconstructed_tokens():
+    """Two tokens carry all the error: the two silent latents restart on them (drawn without
+    replacement), each with its token's error direction as decoder row and a pre-activation
+    there equal to the error's norm; live latents and their Adam state are untouched."""
+    from circuitflow.transcoders.training import resample_dead_latents
+
+    tc = random_transcoder("topk", d_model=6, n_features=10, k=3)
+    x = torch.randn(8, 6)
+    errors = {5: torch.tensor([30.0, 0, 0, 0, 0, 0]), 6: torch.tensor([0, -40.0, 0, 0, 0, 0])}
+    optimizer = torch.optim.Adam(tc.parameters(), lr=1e-3)
+    tc(x).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        y = tc(x)
+        for token, error in errors.items():
+            y[token] += error
+    silent = torch.zeros(10, dtype=torch.bool)
+    silent[[2, 7]] = True
+    before = tc.W_enc.detach().clone()
+    assert resample_dead_latents(tc, optimizer, x, y, silent, torch.Generator().manual_seed(0)) == 2
+    with torch.no_grad():
+        pre = tc.pre_activations(x)
+        restarted_on = set()
+        for j in (2, 7):
+            token = next(t for t, e in errors.items() if torch.allclose(tc.W_dec[j], e / e.norm(), atol=1e-4))
+            restarted_on.add(token)
+            assert float(pre[token, j]) == pytest.approx(float(errors[token].norm()), rel=1e-3)
+        assert restarted_on == {5, 6}
+        assert torch.equal(tc.W_enc[~silent], before[~silent])
+    state = optimizer.state[tc.W_enc]
+    assert (state["exp_avg"][[2, 7]] == 0).all() and (state["exp_avg"][[0, 1]] != 0).any()

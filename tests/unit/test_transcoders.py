@@ -189,6 +189,26 @@ def test_set_checks_every_layer_against_the_model(tmp_path):
         write()
 
 
+def test_set_config_that_does_not_match_its_files_is_named(tmp_path):
+    import yaml
+
+    _, weights, write = write_set(tmp_path, range(3), fake_model_dir(tmp_path))
+    write()
+    path = tmp_path / "tc" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    swapped = {**config, "layers": {0: "layer_1.safetensors", 1: "layer_0.safetensors", 2: "layer_2.safetensors"}}
+    path.write_text(yaml.safe_dump(swapped))
+    with pytest.raises(TranscoderSetError, match="lists layer_1.safetensors for layer 0, but that file is layer 1's"):
+        read_transcoder_set(path)
+    path.write_text(yaml.safe_dump({**config, "activation": "jumprelu", "k": None}))
+    with pytest.raises(TranscoderSetError, match="says activation 'jumprelu', but layer_0.safetensors is 'topk'"):
+        read_transcoder_set(path)
+    path.write_text(yaml.safe_dump(config))
+    weights[2].unlink()
+    with pytest.raises(TranscoderSetError, match="for layer 2, but that file does not exist"):
+        read_transcoder_set(path)
+
+
 def test_to_circuit_tracer_sparse_path_matches():
     """circuit-tracer's sparse encode/decode (used in attribution) equals our dense forward."""
     tc = random_transcoder("topk", d_model=8, n_features=16, k=4)

@@ -27,7 +27,7 @@ from circuitflow.config import TranscoderArchitecture, WriteTranscoderSetSetting
 from circuitflow.io import atomic_path, keyed
 from circuitflow.model.facts import read_model_facts
 from circuitflow.model.hooks import HOOK_IN, HOOK_OUT
-from circuitflow.transcoders.single_layer import TranscoderFileError, check_transcoder_file
+from circuitflow.transcoders.single_layer import TranscoderFileError, check_transcoder_file, read_architecture
 
 ARCHITECTURE_KEYS = ("activation", "k", "n_features", "skip_connection")
 
@@ -113,11 +113,34 @@ def read_transcoder_set(config_path: str | Path) -> TranscoderSetConfig:
             activation=config["activation"], n_features=int(config["n_features"]),
             skip_connection=bool(config["skip_connection"]),
             **({"k": int(config["k"])} if config.get("k") is not None else {}))
-        return TranscoderSetConfig(path, config["model_name"], layers, architecture, int(config["d_model"]),
-                                   config["scan"], config["feature_input_hook"], config["feature_output_hook"])
+        parsed = TranscoderSetConfig(path, config["model_name"], layers, architecture, int(config["d_model"]),
+                                     config["scan"], config["feature_input_hook"], config["feature_output_hook"])
     except FileNotFoundError:
         raise TranscoderSetError(f"transcoder set {path} does not exist") from None
     except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise TranscoderSetError(
             f"transcoder set {path} is not a circuitflow set config ({type(error).__name__}: {error}); "
             "rerun write_transcoder_set") from None
+    _check_layer_files(parsed)
+    return parsed
+
+
+def _check_layer_files(config: TranscoderSetConfig) -> None:
+    """Each listed file exists and its architecture JSON names the layer it is listed under
+    (read from the small JSON only; shapes were checked when the set was written)."""
+    for layer, weights in config.layers.items():
+        if not weights.is_file():
+            raise TranscoderSetError(f"transcoder set {config.path} lists {weights} for layer {layer}, but that "
+                                     "file does not exist; retrain that layer or rerun write_transcoder_set")
+        try:
+            record = read_architecture(weights)
+        except TranscoderFileError as error:
+            raise TranscoderSetError(str(error)) from None
+        if record is not None and record["layer"] != layer:
+            raise TranscoderSetError(
+                f"transcoder set {config.path} lists {weights.name} for layer {layer}, but that file is layer "
+                f"{record['layer']}'s transcoder; rerun write_transcoder_set")
+        if record is not None and record["activation"] != config.architecture.activation:
+            raise TranscoderSetError(
+                f"transcoder set {config.path} says activation {config.architecture.activation!r}, but {weights.name} "
+                f"is {record['activation']!r}; rerun write_transcoder_set")

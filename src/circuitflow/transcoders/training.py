@@ -90,9 +90,13 @@ def fvu(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
     return (y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12)
 
 
-def topk_forward(model: Transcoder, x: torch.Tensor):
-    """Sparse TopK forward: decode only the k active rows (embedding_bag), not all features."""
-    pre = model.pre_activations(x)
+def topk_forward(model: Transcoder, x: torch.Tensor, bf16: bool = False):
+    """Sparse TopK forward: decode only the k active rows (embedding_bag), not all features.
+    With `bf16` (CUDA only) the encoder matmul, the dominant cost, runs under bf16 autocast;
+    the selection, the decoder and the loss stay in float32."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        pre = model.pre_activations(x)
+    pre = pre.float()
     values, indices = torch.topk(pre, model.k, dim=-1)
     acts = F.relu(values)
     y_hat = F.embedding_bag(indices, model.W_dec, per_sample_weights=acts, mode="sum") + model.b_dec
@@ -260,7 +264,7 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
             x, y = next(stream)
             x, y = (x / scale_x).to(device), (y / scale_y).to(device)
         if architecture.activation in TOPK_TRAINED:
-            pre, indices, acts, y_hat = topk_forward(model, x)
+            pre, indices, acts, y_hat = topk_forward(model, x, bf16=device.type == "cuda")
             loss_fvu = fvu(y, y_hat)
             fired = torch.zeros(architecture.n_features, dtype=torch.bool, device=device)
             fired[indices[acts > 0]] = True

@@ -310,10 +310,15 @@ def test_jumprelu_thresholds_keep_topk_sparsity_and_fidelity(tmp_path):
     metrics = train(shard, train_settings(arch("jumprelu", n_features=64, k=8), **training), tmp_path, "j")
     topk = metrics["calibration"]["topk_before_calibration"]
     assert metrics["calibration"]["calibration_tokens"] == 4000
-    assert metrics["calibration"]["jumprelu_l0_on_calibration"] == pytest.approx(
-        metrics["calibration"]["topk_l0_on_calibration"], rel=0.02)
-    assert 4 < topk["l0"] <= 8 and metrics["l0"] == pytest.approx(topk["l0"], rel=0.2)
-    assert metrics["fvu"] < topk["fvu"] + 0.05
+    calibration = metrics["calibration"]
+    assert calibration["jumprelu_l0_on_calibration"] <= 1.05 * calibration["topk_l0_on_calibration"]
+    # the chosen factor is the best allowed one on the calibration tokens
+    allowed = [c for c in calibration["factors_tried"] if c["l0"] <= 1.05 * calibration["topk_l0_on_calibration"]]
+    assert calibration["jumprelu_fvu_on_calibration"] == min(c["fvu"] for c in allowed)
+    # held out: no denser than TopK, and about as faithful (on this synthetic data, whose true
+    # codes are themselves thresholded, higher thresholds even win: FVU 0.310 at L0 4.1 vs 0.322 at 7.1)
+    assert 4 < topk["l0"] <= 8 and metrics["l0"] <= 1.1 * topk["l0"]
+    assert metrics["fvu"] < topk["fvu"] + 0.02
     tc = load_transcoder(tmp_path / "j.safetensors")
     assert tc.activation == "jumprelu" and (tc.threshold >= 0).all() and (tc.threshold > 0).any()
 

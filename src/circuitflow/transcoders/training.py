@@ -178,26 +178,45 @@ def _lr_factor(step: int, settings: TrainingSettings) -> float:
     return 1.0 - (1.0 - settings.final_lr_fraction) * progress
 
 
+THRESHOLD_SCALES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.35, 1.5, 1.75, 2.0)
+L0_SLACK = 1.05  # a calibrated JumpReLU may fire at most 5 % more often than TopK did
+
+
 @torch.no_grad()
-def calibrate_thresholds(model: Transcoder, x: torch.Tensor) -> dict:
-    """Give a TopK-trained transcoder JumpReLU thresholds: each feature's threshold keeps the
-    firing rate it had under TopK on the calibration tokens `x` (it lies midway between its
-    c-th and (c+1)-th largest pre-activations, c being how often TopK let it fire), so the mean
-    L0 stays k. A feature TopK never picked gets its largest pre-activation and stays silent."""
+def calibrate_thresholds(model: Transcoder, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Give a TopK-trained transcoder JumpReLU thresholds, from calibration tokens (x, y).
+
+    Each feature's base threshold keeps the firing rate TopK gave it (midway between its c-th
+    and (c+1)-th largest pre-activations, c being how often TopK let it fire); a feature TopK
+    never picked gets its largest pre-activation and stays silent. Then one common factor on
+    all thresholds is picked from `THRESHOLD_SCALES`: the lowest FVU on the calibration tokens
+    whose mean L0 stays within `L0_SLACK` of TopK's."""
     pre = model.pre_activations(x)
-    _, indices, acts, _ = topk_forward(model, x)
+    _, indices, acts, y_topk = topk_forward(model, x)
     counts = torch.zeros(model.n_features, dtype=torch.long, device=x.device)
     counts.scatter_add_(0, indices[acts > 0], torch.ones_like(indices[acts > 0]))
     ranked = pre.sort(dim=0, descending=True).values  # [tokens, features]
     n = ranked.shape[0]
     above = ranked.gather(0, (counts - 1).clamp(0, n - 1)[None])[0]
     below = ranked.gather(0, counts.clamp(max=n - 1)[None])[0]
-    threshold = torch.where(counts == 0, ranked[0], (above + below) / 2)
-    threshold = torch.where(counts >= n, torch.zeros_like(threshold), threshold).clamp_min(0)
-    model.threshold.copy_(threshold)
+    base = torch.where(counts == 0, ranked[0], (above + below) / 2)
+    base = torch.where(counts >= n, torch.zeros_like(base), base).clamp_min(0)
+    topk_l0 = float(counts.sum()) / n
+    candidates = []
+    for factor in THRESHOLD_SCALES:
+        # never-picked features keep their silencing threshold whatever the factor
+        threshold = torch.where(counts == 0, base, base * factor)
+        jump_acts = pre * (pre > threshold)
+        candidates.append({"factor": factor, "l0": float((jump_acts > 0).sum()) / n,
+                           "fvu": float(fvu(y, model.decode(jump_acts, x))), "threshold": threshold})
+    allowed = [c for c in candidates if c["l0"] <= L0_SLACK * topk_l0] or [min(candidates, key=lambda c: c["l0"])]
+    best = min(allowed, key=lambda c: c["fvu"])
+    model.threshold.copy_(best["threshold"])
     return {"calibration_tokens": n, "features_never_picked": int((counts == 0).sum()),
-            "topk_l0_on_calibration": float(counts.sum()) / n,
-            "jumprelu_l0_on_calibration": float((pre > threshold).sum()) / n}
+            "topk_l0_on_calibration": topk_l0, "topk_fvu_on_calibration": float(fvu(y, y_topk)),
+            "threshold_factor": best["factor"], "jumprelu_l0_on_calibration": best["l0"],
+            "jumprelu_fvu_on_calibration": best["fvu"],
+            "factors_tried": [{k: c[k] for k in ("factor", "l0", "fvu")} for c in candidates]}
 
 
 @torch.no_grad()
@@ -308,8 +327,8 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
     loop_seconds = time.perf_counter() - loop_started
     calibration = {}
     if architecture.activation == "jumprelu":
-        calibration_x = _take_tokens(stream, settings.calibration_tokens, scale_x, device)
-        calibration = calibrate_thresholds(model, calibration_x)
+        calibration = calibrate_thresholds(model, *_take_tokens(stream, settings.calibration_tokens, scale_x,
+                                                                scale_y, device))
     _fold_scales(model, scale_x, scale_y)
     if calibration:
         calibration["topk_before_calibration"] = evaluate(model, eval_x, eval_y, activation="topk")
@@ -399,14 +418,15 @@ class _Checkpoint:
             pass
 
 
-def _take_tokens(stream, n_tokens: int, scale_x: float, device) -> torch.Tensor:
-    """The next `n_tokens` MLP inputs of the batch stream, rescaled as in training."""
-    parts, have = [], 0
+def _take_tokens(stream, n_tokens: int, scale_x: float, scale_y: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next `n_tokens` MLP inputs and outputs of the batch stream, rescaled as in training."""
+    xs, ys, have = [], [], 0
     while have < n_tokens:
-        x, _ = next(stream)
-        parts.append(x)
+        x, y = next(stream)
+        xs.append(x)
+        ys.append(y)
         have += len(x)
-    return (torch.cat(parts)[:n_tokens] / scale_x).to(device)
+    return ((torch.cat(xs)[:n_tokens] / scale_x).to(device), (torch.cat(ys)[:n_tokens] / scale_y).to(device))
 
 
 def _rms(t: torch.Tensor) -> float:

@@ -17,14 +17,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from circuitflow.features.ids import cantor_unpair
+from circuitflow.features.ids import FEATURE_NODE, cantor_unpair
 from circuitflow.features.pack import PackError, load_feature_file
 from circuitflow.interp.labels import FeatureLabels, node_label
 from circuitflow.io import atomic_path, keyed, read_json, write_json
 
 log = logging.getLogger("circuitflow.attribution")
 
-FEATURE_NODE = "cross layer transcoder"  # circuit-tracer's feature_type for PLT and CLT nodes
 
 
 class GraphFolderError(ValueError):

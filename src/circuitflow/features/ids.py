@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+# circuit-tracer's graph-file `feature_type` of transcoder feature nodes (per-layer and cross-layer alike)
+FEATURE_NODE = "cross layer transcoder"
+
 
 def cantor(layer: int, feature: int) -> int:
     """Cantor pairing used by circuit-tracer for feature node ids: (l+f)(l+f+1)/2 + f."""

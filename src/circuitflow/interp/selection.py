@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from circuitflow.config import SelectFeaturesSettings
+from circuitflow.features.ids import FEATURE_NODE
 from circuitflow.interp.examples import TOP_GROUP, groups
 from circuitflow.io import read_json, write_json
 
 log = logging.getLogger("circuitflow.interp")
 
-FEATURE_NODE = "cross layer transcoder"  # circuit-tracer's feature_type for transcoder nodes
 
 
 def graph_feature_ranking(graphs: Sequence[str | Path]) -> list[tuple[int, float]]:

@@ -255,6 +255,13 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
     table = (interp / "scores_table.md").read_text()
     assert "| transcoder features | LLM explanation |" in table and "| MLP neurons | top tokens" in table
 
+    # The transcoders target also measures their fidelity.
+    snakemake(tmp_path, "--cores", "2", "transcoders", "--configfile", "tiny.yaml")
+    fidelity = json.loads((tmp_path / "results/tiny/transcoders/fidelity.json").read_text())
+    assert [row["layer"] for row in fidelity["layers"]] == [0, 1] and fidelity["complete"]
+    assert fidelity["all_layers"]["splice_tokens"] > 0 and fidelity["all_layers"]["ce_ablated"] > 0
+    assert (tmp_path / "results/tiny/transcoders/fidelity.csv").read_text().splitlines()[-1].startswith("all,")
+
     # The remaining stages of the default target: packed features and the neuron baseline.
     snakemake(tmp_path, "--cores", "2", "features", "--configfile", "tiny.yaml")
     from circuitflow.features import read_packed_feature

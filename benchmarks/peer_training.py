@@ -116,11 +116,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: the config's transcoder.steps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trainers", nargs="+", choices=["ours", "sparsify"], default=["ours", "sparsify"])
+    parser.add_argument("--activation", choices=["topk", "jumprelu"], default=None,
+                        help="our transcoder.activation (default: the config's); sparsify always trains TopK")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = yaml.safe_load(Path(args.config).read_text())
     settings = settings_for("train_transcoder", config)
+    if args.activation:
+        settings = dataclasses.replace(settings, architecture=dataclasses.replace(
+            settings.architecture, activation=args.activation))
     settings = dataclasses.replace(settings, training=dataclasses.replace(
         settings.training, device="cpu", checkpoint_every=0, **({"steps": args.steps} if args.steps else {})))
     a, t = settings.architecture, settings.training

@@ -379,15 +379,19 @@ def test_training_resumes_after_kill_9_with_identical_weights(tmp_path):
 def test_resampling_restarts_silent_latents_on_badly_reconstructed_tokens():
     """Two tokens carry all the error: the two silent latents restart on them (drawn without
     replacement), each with its token's error direction as decoder row and a pre-activation
-    there equal to the error's norm; live latents and their Adam state are untouched."""
-    from circuitflow.transcoders.training import resample_dead_latents
+    there equal to the error's norm, capped at RESTART_CAP x the batch's 99th-percentile
+    active pre-activation; live latents and their Adam state are untouched."""
+    from circuitflow.transcoders.training import RESTART_CAP, resample_dead_latents
 
     tc = random_transcoder("topk", d_model=6, n_features=10, k=3)
     x = torch.randn(8, 6)
-    errors = {5: torch.tensor([30.0, 0, 0, 0, 0, 0]), 6: torch.tensor([0, -40.0, 0, 0, 0, 0])}
     optimizer = torch.optim.Adam(tc.parameters(), lr=1e-3)
     tc(x).sum().backward()
     optimizer.step()
+    with torch.no_grad():
+        cap = RESTART_CAP * float(torch.quantile(tc.pre_activations(x).topk(3, dim=-1).values.flatten(), 0.99))
+    # token 5's error is below the cap, token 6's far above it
+    errors = {5: torch.tensor([0.5 * cap, 0, 0, 0, 0, 0]), 6: torch.tensor([0, -10 * cap, 0, 0, 0, 0])}
     with torch.no_grad():
         y = tc(x)
         for token, error in errors.items():
@@ -402,7 +406,7 @@ def test_resampling_restarts_silent_latents_on_badly_reconstructed_tokens():
         for j in (2, 7):
             token = next(t for t, e in errors.items() if torch.allclose(tc.W_dec[j], e / e.norm(), atol=1e-4))
             restarted_on.add(token)
-            assert float(pre[token, j]) == pytest.approx(float(errors[token].norm()), rel=1e-3)
+            assert float(pre[token, j]) == pytest.approx(min(float(errors[token].norm()), cap), rel=1e-3)
         assert restarted_on == {5, 6}
         assert torch.equal(tc.W_enc[~silent], before[~silent])
     state = optimizer.state[tc.W_enc]

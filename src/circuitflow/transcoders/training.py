@@ -138,6 +138,9 @@ def _init_from_data(model: Transcoder, x: torch.Tensor, y: torch.Tensor, generat
             model.b_enc.mul_(scale)
 
 
+RESTART_CAP = 4.0  # restarted pre-activations are capped at this x the batch's 99th-percentile active one
+
+
 @torch.no_grad()
 def resample_dead_latents(model: Transcoder, optimizer, x: torch.Tensor, y: torch.Tensor, silent: torch.Tensor,
                           generator: torch.Generator) -> int:
@@ -145,7 +148,8 @@ def resample_dead_latents(model: Transcoder, optimizer, x: torch.Tensor, y: torc
     probability proportional to the squared error): decoder row = that token's error direction,
     encoder row = its centred input direction, scaled so the token's pre-activation equals its
     error's norm (alone, the latent would remove that token's error; on similar tokens it
-    competes for TopK). Their Adam moments are reset. Returns how many were restarted.
+    competes for TopK), capped at `RESTART_CAP` x the batch's 99th-percentile active
+    pre-activation. Their Adam moments are reset. Returns how many were restarted.
     Measured on SmolLM2 (benchmarks/peer_training.py): a target at the batch's median k-th
     pre-activation left 1.7 % of layer 12's latents dead, this one 0.6 %."""
     ids = silent.nonzero().squeeze(-1)
@@ -156,7 +160,10 @@ def resample_dead_latents(model: Transcoder, optimizer, x: torch.Tensor, y: torc
     picks = torch.multinomial(error.clamp_min(1e-12), ids.numel(), replacement=ids.numel() > len(x),
                               generator=generator)
     x_centred = x[picks] - x.mean(0)
-    target = (y - y_hat)[picks].norm(dim=-1, keepdim=True)
+    # Capped: restarts on massive-activation tokens would otherwise fire hugely on their
+    # neighbours (layer 11 of SmolLM2: held-out FVU 1.07 uncapped, 0.27 capped).
+    cap = RESTART_CAP * float(torch.quantile(pre.topk(model.k, dim=-1).values.flatten(), 0.99))
+    target = (y - y_hat)[picks].norm(dim=-1, keepdim=True).clamp(max=cap)
     directions = F.normalize(x_centred, dim=-1)
     encoder = directions * (target / x_centred.norm(dim=-1, keepdim=True).clamp_min(1e-6))
     model.W_enc[ids] = encoder

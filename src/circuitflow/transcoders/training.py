@@ -4,8 +4,9 @@ The module and its files are in `circuitflow.transcoders.single_layer`. Training
 follow the TopK recipe of Gao et al. and EleutherAI's sparsify): FVU loss, AuxK loss on dead
 latents (alpha 1/32, k_aux = d_model/2), Adam with linear warmup and linear decay, decoder
 rows kept at unit norm (with the parallel gradient component removed), ``b_dec`` initialised
-to the mean MLP output and ``b_enc`` centring the mean input. A JumpReLU transcoder is trained
-as TopK, then each feature gets a threshold that keeps its TopK firing rate
+to the mean MLP output and ``b_enc`` centring the mean input; silent latents are restarted on
+badly reconstructed tokens (`resample_dead_latents`), and checkpoints make a run resumable
+(`_Checkpoint`). A JumpReLU transcoder is trained as TopK, then given per-feature thresholds
 (`calibrate_thresholds`), so circuit-tracer's own loader reads it. The architecture and the
 training settings arrive separately (`TrainTranscoderSettings`), as in sparsify.
 """

@@ -198,7 +198,7 @@ def test_set_config_that_does_not_match_its_files_is_named(tmp_path):
     config = yaml.safe_load(path.read_text())
     swapped = {**config, "layers": {0: "layer_1.safetensors", 1: "layer_0.safetensors", 2: "layer_2.safetensors"}}
     path.write_text(yaml.safe_dump(swapped))
-    with pytest.raises(TranscoderSetError, match="lists layer_1.safetensors for layer 0, but that file is layer 1's"):
+    with pytest.raises(TranscoderSetError, match=r"config.yaml: .*layer_1.architecture.json is for layer 1, not 0"):
         read_transcoder_set(path)
     path.write_text(yaml.safe_dump({**config, "activation": "jumprelu", "k": None}))
     with pytest.raises(TranscoderSetError, match="says activation 'jumprelu', but layer_0.safetensors is 'topk'"):

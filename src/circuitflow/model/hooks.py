@@ -32,15 +32,16 @@ class _StopForward(Exception):
 class ModuleRecorder:
     """Forward hooks on some modules, keyed by layer, storing `capture(inputs, output)`.
 
-    The forward pass is stopped right after the last hooked module, so later layers and the
-    LM head are never computed. Used for caching (MLP in/out) and feature collection.
+    By default the forward pass is stopped right after the last hooked module, so later layers
+    and the LM head are never computed (caching, feature collection); with `stop=False` the
+    forward runs to the logits, which the caller computes itself (fidelity evaluation).
     """
 
-    def __init__(self, modules: dict[int, object], capture):
+    def __init__(self, modules: dict[int, object], capture, stop: bool = True):
         self.capture = capture
         self.captured: dict[int, object] = {}
         last = max(modules)
-        self.handles = [module.register_forward_hook(self._hook(key, key == last))
+        self.handles = [module.register_forward_hook(self._hook(key, stop and key == last))
                         for key, module in modules.items()]
 
     def _hook(self, key: int, is_last: bool):
@@ -63,13 +64,17 @@ class ModuleRecorder:
             handle.remove()
 
 
+def mlp_output(output):
+    """An MLP module's output tensor (some architectures return a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 def _mlp_in_out(inputs, output) -> tuple:
     """MLP input and output at positions >= 1 (circuit-tracer zeroes position 0)."""
-    y = output[0] if isinstance(output, tuple) else output
-    return inputs[0][:, 1:].detach(), y[:, 1:].detach()
+    return inputs[0][:, 1:].detach(), mlp_output(output)[:, 1:].detach()
 
 
-def mlp_recorder(model, layers: tuple[int, ...]) -> ModuleRecorder:
+def mlp_recorder(model, layers: tuple[int, ...], stop: bool = True) -> ModuleRecorder:
     """Records each layer's MLP input and output (mlp.hook_in / mlp.hook_out)."""
     blocks = decoder_layers(model)
-    return ModuleRecorder({layer: blocks[layer].mlp for layer in layers}, _mlp_in_out)
+    return ModuleRecorder({layer: blocks[layer].mlp for layer in layers}, _mlp_in_out, stop=stop)

@@ -37,7 +37,7 @@ from circuitflow.data.dataset import read_windows
 from circuitflow.io import atomic_path, write_json
 from circuitflow.logs import Progress, pick_device
 from circuitflow.model.facts import read_model_facts
-from circuitflow.model.hooks import decoder_layers
+from circuitflow.model.hooks import decoder_layers, mlp_output, mlp_recorder
 from circuitflow.model.loading import load_model
 from circuitflow.transcoders.sets import read_transcoder_set
 from circuitflow.transcoders.single_layer import Transcoder, load_transcoder
@@ -118,7 +118,7 @@ class _Replace:
     @staticmethod
     def _hook(transcoder: Transcoder, ablate: bool):
         def hook(module, inputs, output):
-            out = _tensor(output).clone()
+            out = mlp_output(output).clone()
             if ablate:
                 out[:, 1:] = 0
             else:
@@ -133,11 +133,6 @@ class _Replace:
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
-
-
-def _tensor(output) -> torch.Tensor:
-    """An MLP's output tensor (some architectures return a tuple)."""
-    return output[0] if isinstance(output, tuple) else output
 
 
 def _next_token_log_probs(model, ids: torch.Tensor) -> torch.Tensor:
@@ -176,24 +171,16 @@ def evaluate_transcoders(model_dir: str | Path, transcoder_set: str | Path, vali
     log.info("evaluating %d layers on %d validation windows (%d with splicing, %d variants)", len(transcoders),
              n_windows, n_splice, n_variants)
 
-    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def record(layer):
-        def hook(module, inputs, output):
-            captured[layer] = (inputs[0][:, 1:].detach(), _tensor(output)[:, 1:].detach())
-        return hook
-
     with torch.inference_mode():
         for start in range(0, n_windows, settings.batch_size):
             ids = torch.from_numpy(tokens[start:min(start + settings.batch_size, n_windows)]).to(device)
-            handles = [blocks[layer].mlp.register_forward_hook(record(layer)) for layer in transcoders]
+            recorder = mlp_recorder(model, tuple(transcoders), stop=False)  # the clean pass runs to the logits
             try:
                 clean = _next_token_log_probs(model, ids)
             finally:
-                for handle in handles:
-                    handle.remove()
+                recorder.close()
             for layer, transcoder in transcoders.items():
-                x, y = captured[layer]
+                x, y = recorder.captured[layer]
                 x, y = x.reshape(-1, x.shape[-1]).float(), y.reshape(-1, y.shape[-1]).float()
                 acts = transcoder.encode(x)
                 reconstruction[layer].add(y, transcoder.decode(acts, x), acts)

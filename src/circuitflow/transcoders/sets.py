@@ -27,7 +27,7 @@ from circuitflow.config import TranscoderArchitecture, WriteTranscoderSetSetting
 from circuitflow.io import atomic_path, keyed
 from circuitflow.model.facts import read_model_facts
 from circuitflow.model.hooks import HOOK_IN, HOOK_OUT
-from circuitflow.transcoders.single_layer import TranscoderFileError, check_transcoder_file, read_architecture
+from circuitflow.transcoders.single_layer import TranscoderFileError, check_transcoder_file
 
 ARCHITECTURE_KEYS = ("activation", "k", "n_features", "skip_connection")
 
@@ -126,21 +126,17 @@ def read_transcoder_set(config_path: str | Path) -> TranscoderSetConfig:
 
 
 def _check_layer_files(config: TranscoderSetConfig) -> None:
-    """Each listed file exists and its architecture JSON names the layer it is listed under
-    (read from the small JSON only; shapes were checked when the set was written)."""
+    """Each listed file exists, is the layer it is listed under, has the shapes the set's sizes
+    imply (`check_transcoder_file`, from the safetensors header) and the set's activation."""
     for layer, weights in config.layers.items():
         if not weights.is_file():
             raise TranscoderSetError(f"transcoder set {config.path} lists {weights} for layer {layer}, but that "
                                      "file does not exist; retrain that layer or rerun write_transcoder_set")
         try:
-            record = read_architecture(weights)
+            record = check_transcoder_file(weights, layer, config.d_model)
         except TranscoderFileError as error:
-            raise TranscoderSetError(str(error)) from None
-        if record is not None and record["layer"] != layer:
-            raise TranscoderSetError(
-                f"transcoder set {config.path} lists {weights.name} for layer {layer}, but that file is layer "
-                f"{record['layer']}'s transcoder; rerun write_transcoder_set")
-        if record is not None and record["activation"] != config.architecture.activation:
+            raise TranscoderSetError(f"transcoder set {config.path}: {error}") from None
+        if record["activation"] != config.architecture.activation:
             raise TranscoderSetError(
                 f"transcoder set {config.path} says activation {config.architecture.activation!r}, but {weights.name} "
                 f"is {record['activation']!r}; rerun write_transcoder_set")

@@ -199,8 +199,7 @@ def calibrate_thresholds(model: Transcoder, x: torch.Tensor, y: torch.Tensor) ->
     never picked gets its largest pre-activation and stays silent. Then one common factor on
     all thresholds is picked from `THRESHOLD_SCALES`: the lowest FVU on the calibration tokens
     whose mean L0 stays within `L0_SLACK` of TopK's."""
-    pre = model.pre_activations(x)
-    _, indices, acts, y_topk = topk_forward(model, x)
+    pre, indices, acts, y_topk = topk_forward(model, x)
     counts = torch.zeros(model.n_features, dtype=torch.long, device=x.device)
     counts.scatter_add_(0, indices[acts > 0], torch.ones_like(indices[acts > 0]))
     ranked = pre.sort(dim=0, descending=True).values  # [tokens, features]

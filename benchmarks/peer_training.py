@@ -37,7 +37,7 @@ import yaml
 from circuitflow.activations.shards import ActivationShard
 from circuitflow.config import settings_for
 from circuitflow.transcoders import load_transcoder, train_transcoder
-from circuitflow.transcoders.training import _Batches
+from circuitflow.transcoders.training import ShardBatches
 
 
 @torch.no_grad()
@@ -73,7 +73,7 @@ def train_sparsify(shard: Path, layer: int, settings) -> dict:
     from sparsify.sparse_coder import SparseCoder
 
     architecture, training = settings.architecture, settings.training
-    batches = _Batches(ActivationShard(shard), training, np.random.default_rng([training.seed, layer]))
+    batches = ShardBatches(ActivationShard(shard), training, np.random.default_rng([training.seed, layer]))
     torch.manual_seed(training.seed * 1000 + layer)
     config = SparseCoderConfig(num_latents=architecture.n_features, k=architecture.k, transcode=True,
                                skip_connection=architecture.skip_connection)
@@ -135,7 +135,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for layer in args.layers:
             shard = Path("results") / args.run / "activations" / f"layer_{layer}.parquet"
-            eval_x, eval_y = _Batches(ActivationShard(shard), t, np.random.default_rng(0)).eval_set()
+            eval_x, eval_y = ShardBatches(ActivationShard(shard), t, np.random.default_rng(0)).eval_set()
             trainers = {"ours": lambda: train_ours(shard, layer, settings, Path(tmp)),
                         "sparsify": lambda: train_sparsify(shard, layer, settings)}
             for name in args.trainers:

@@ -25,7 +25,7 @@ import numpy as np
 
 from circuitflow.activations import ActivationShard, ShardWriters, activation_schema
 from circuitflow.config import TrainingSettings
-from circuitflow.transcoders.training import _Batches
+from circuitflow.transcoders.training import ShardBatches
 
 
 def open_shard(path: Path, verify: bool) -> ActivationShard:
@@ -47,7 +47,7 @@ def training_stream(path: Path, verify: bool, steps: int, batch_size: int) -> fl
     shard = open_shard(path, verify)
     settings = TrainingSettings(batch_size=batch_size, steps=steps)
     started = time.perf_counter()
-    batches = _Batches(shard, settings, np.random.default_rng(0))
+    batches = ShardBatches(shard, settings, np.random.default_rng(0))
     batches.eval_set()
     stream = iter(batches)
     for _ in range(steps):

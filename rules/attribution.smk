@@ -3,7 +3,7 @@ rule attribute_prompt:
         prompt=lambda wildcards: prompt_files(PLAN, wildcards.slug),
         model=MODEL_DIR,
         transcoders=complete_transcoder_set,
-        weights=per_layer("transcoders/layer_{layer}.safetensors"),
+        weights=TRANSCODER_WEIGHTS,
     output:
         graph=f"{RESULTS}/attribution/{{slug}}.json",
         metadata=f"{RESULTS}/attribution/{{slug}}.metadata.json",

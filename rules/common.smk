@@ -6,12 +6,16 @@ from circuitflow.workflow import (
     prompt_param,
     require_complete_set,
     rule_params,
+    transcoder_files,
 )
 
 PLAN = plan_workflow(config)
 RESULTS = PLAN.results
 MODEL_DIR = PLAN.model_dir
 TRANSCODER_SET = f"{RESULTS}/transcoders/config.yaml"
+# Every weights file of the set: layer_<l>.safetensors (plt), or W_enc_<i>/W_dec_<i> (clt).
+TRANSCODER_WEIGHTS = transcoder_files(PLAN)["weights"]
+TRANSCODER_ARCHITECTURES = transcoder_files(PLAN)["architectures"]
 INTERP = f"{RESULTS}/interp"
 INTERP_CACHE = f"{INTERP}/llm-cache.sqlite"
 INTERP_KINDS = ["features", "neurons"]  # transcoder features, and the MLP-neuron baseline
@@ -54,4 +58,4 @@ def transcoders_for_interp(wildcards):
     """Scoring runs the transcoders to find negatives for features; neurons need only the model."""
     if wildcards.kind != "features":
         return []
-    return [TRANSCODER_SET, *per_layer("transcoders/layer_{layer}.safetensors")]
+    return [TRANSCODER_SET, *TRANSCODER_WEIGHTS]

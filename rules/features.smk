@@ -3,7 +3,7 @@ rule collect_features:
         model=MODEL_DIR,
         validation=rules.prepare_dataset.output.validation,
         transcoders=rules.write_transcoder_set.output.config,
-        weights=per_layer("transcoders/layer_{layer}.safetensors"),
+        weights=TRANSCODER_WEIGHTS,
     output:
         features=directory(f"{RESULTS}/features/json"),
         metadata=f"{RESULTS}/features/feature_metadata.json",

@@ -23,11 +23,37 @@ rule train_transcoder:
         "../workflow/scripts/train_transcoder.py"
 
 
+# transcoder.kind clt: one cross-layer transcoder over layers 0..n-1, trained jointly from
+# every layer's shard (read in lockstep), saved in circuit-tracer's CLT layout.
+rule train_cross_layer_transcoder:
+    input:
+        shards=per_layer("activations/layer_{layer}.parquet"),
+    output:
+        weights=transcoder_files(PLAN)["weights"] if PLAN.kind == "clt" else [],
+        architecture=f"{RESULTS}/transcoders/clt.architecture.json",
+        metrics=f"{RESULTS}/transcoders/clt.metrics.json",
+    params:
+        settings=settings("train_cross_layer_transcoder"),
+    log:
+        f"{RESULTS}/logs/train_cross_layer_transcoder.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_cross_layer_transcoder.tsv"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=1,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/train_cross_layer_transcoder.py"
+
+
 rule write_transcoder_set:
     input:
         model=MODEL_DIR,
-        weights=per_layer("transcoders/layer_{layer}.safetensors"),
-        architectures=per_layer("transcoders/layer_{layer}.architecture.json"),
+        weights=TRANSCODER_WEIGHTS,
+        architectures=TRANSCODER_ARCHITECTURES,
     output:
         config=TRANSCODER_SET,
     params:
@@ -51,7 +77,7 @@ rule evaluate_transcoders:
         model=MODEL_DIR,
         validation=rules.prepare_dataset.output.validation,
         transcoders=rules.write_transcoder_set.output.config,
-        weights=per_layer("transcoders/layer_{layer}.safetensors"),
+        weights=TRANSCODER_WEIGHTS,
     output:
         fidelity=f"{RESULTS}/transcoders/fidelity.json",
         table=f"{RESULTS}/transcoders/fidelity.csv",

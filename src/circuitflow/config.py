@@ -195,8 +195,16 @@ class TrainTranscoderSettings:
 
 
 @dataclass(frozen=True)
+class TrainCrossLayerTranscoderSettings:
+    layers: tuple[int, ...] = derived("resolved against the model", resolves="activations.layers")
+    architecture: TranscoderArchitecture = field(default_factory=TranscoderArchitecture)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+
+@dataclass(frozen=True)
 class WriteTranscoderSetSettings:
     layers: tuple[int, ...] = derived("resolved against the model", resolves="activations.layers")
+    kind: str = knob("transcoder.kind")
     scan: str = knob("attribution.scan")
 
 
@@ -332,6 +340,7 @@ RULE_SETTINGS: dict[str, type] = {
     "prepare_dataset": PrepareDatasetSettings,
     "cache_activations": CacheActivationsSettings,
     "train_transcoder": TrainTranscoderSettings,
+    "train_cross_layer_transcoder": TrainCrossLayerTranscoderSettings,
     "write_transcoder_set": WriteTranscoderSetSettings,
     "evaluate_transcoders": EvaluateTranscodersSettings,
     "collect_features": CollectFeaturesSettings,

@@ -33,6 +33,7 @@ class WorkflowPlan:
     model_dir: str  # resources/models/<model.name>
     n_layers: int
     layers: tuple[int, ...]  # activations.layers, resolved: layers with a transcoder
+    kind: str  # transcoder.kind: plt (one transcoder per layer) or clt (one cross-layer transcoder)
     feature_layers: tuple[int, ...]  # features.layers, resolved (a subset of `layers`)
     interp_layers: tuple[int, ...]  # every interp.layer_step-th of `feature_layers`: sampled for the judge
     prompts: dict[str, str]  # slug -> origin (a file path, or config:attribution.prompts.<slug>)
@@ -81,20 +82,49 @@ def plan_workflow(config: dict) -> WorkflowPlan:
     if config_value(config, "transcoder.activation") in ("topk", "jumprelu") and k >= n_features:
         raise ConfigError(f"transcoder.k {k} must be below transcoder.n_features {n_features} (a TopK that "
                           "keeps every latent is not sparse): lower k or add features")
+    kind = config_value(config, "transcoder.kind")
+    if kind == "clt":
+        _check_cross_layer_config(config, layers)
     context = config_value(config, "dataset.context_length")
     if facts is not None and facts.context_length is not None and context > facts.context_length:
         raise ConfigError(f"dataset.context_length {context} exceeds the model's context of "
                           f"{facts.context_length} positions")
     prompt_settings = build(PromptSettings, config)
     prompts = discover_prompts(prompt_settings.prompts_dir, prompt_settings.prompts)
-    return WorkflowPlan(settings.run, f"results/{settings.run}", model_folder(config), n_layers, layers,
+    return WorkflowPlan(settings.run, f"results/{settings.run}", model_folder(config), n_layers, layers, kind,
                         feature_layers, interp_layers, prompts)
+
+
+def _check_cross_layer_config(config: dict, layers: tuple[int, ...]) -> None:
+    if layers != tuple(range(len(layers))):
+        raise ConfigError(f"transcoder.kind clt needs activations.layers contiguous from layer 0 (circuit-tracer's "
+                          f"CLT files are numbered 0..n-1), not {list(layers)}; use 'all' or [0, 1, ..., m]")
+    activation = config_value(config, "transcoder.activation")
+    if activation != "jumprelu":
+        raise ConfigError(f"transcoder.kind clt needs transcoder.activation: jumprelu, not {activation!r} (a CLT "
+                          "is trained as TopK and saved with JumpReLU thresholds, the only sparse activation "
+                          "circuit-tracer's load_clt reads); see config/clt.yaml")
+    if config_value(config, "transcoder.skip_connection"):
+        raise ConfigError("transcoder.kind clt needs transcoder.skip_connection: false (circuit-tracer's load_clt "
+                          "never loads a skip path); see config/clt.yaml")
+
+
+def transcoder_files(plan: WorkflowPlan) -> dict[str, list[str]]:
+    """The transcoder set's weights and architecture files, for either kind."""
+    folder = f"{plan.results}/transcoders"
+    if plan.kind == "clt":
+        return {"weights": [f"{folder}/W_enc_{layer}.safetensors" for layer in plan.layers]
+                + [f"{folder}/W_dec_{layer}.safetensors" for layer in plan.layers],
+                "architectures": [f"{folder}/clt.architecture.json"]}
+    return {"weights": [f"{folder}/layer_{layer}.safetensors" for layer in plan.layers],
+            "architectures": [f"{folder}/layer_{layer}.architecture.json" for layer in plan.layers]}
 
 
 def rule_params(rule: str, config: dict, plan: WorkflowPlan) -> dict:
     """The settings of `rule` as plain data for its `params` (derived fields from the plan)."""
     derived = {
         "cache_activations": {"layers": plan.layers},
+        "train_cross_layer_transcoder": {"layers": plan.layers},
         "write_transcoder_set": {"layers": plan.layers},
         "evaluate_transcoders": {"layers": plan.layers},
         "collect_features": {"layers": plan.feature_layers, "source_id": f"{plan.run}-transcoders"},

@@ -326,14 +326,14 @@ def test_jumprelu_thresholds_keep_topk_sparsity_and_fidelity(tmp_path):
 KILL_AFTER_SECOND_CHECKPOINT = """
 import os, signal, sys
 from circuitflow.transcoders import training
-save = training._Checkpoint.save
+save = training.Checkpoint.save
 calls = []
 def save_then_die(self, *args, **kwargs):
     save(self, *args, **kwargs)
     calls.append(1)
     if len(calls) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-training._Checkpoint.save = save_then_die
+training.Checkpoint.save = save_then_die
 from circuitflow.config import TrainTranscoderSettings, from_params
 import json
 settings = from_params(TrainTranscoderSettings, json.loads(sys.argv[2]))

@@ -40,8 +40,8 @@ from circuitflow.logs import Progress, pick_device
 from circuitflow.model.facts import read_model_facts
 from circuitflow.model.hooks import ModuleRecorder, decoder_layers
 from circuitflow.model.loading import load_model
+from circuitflow.transcoders.replacement import load_replacement
 from circuitflow.transcoders.sets import read_transcoder_set
-from circuitflow.transcoders.single_layer import load_transcoder
 
 log = logging.getLogger("circuitflow.features")
 
@@ -147,8 +147,8 @@ def collect_features(model_dir: str | Path, transcoder_set: str | Path, validati
         raise FeatureRequestError(
             f"transcoder set {transcoder_set} has d_model {config.d_model}, but the model in {model_dir} "
             f"has d_model {d_model}")
-    transcoders = {layer: TranscoderSource(load_transcoder(config.layers[layer]).eval(), layer, settings.source_id)
-                   for layer in settings.layers}
+    replacement = load_replacement(config, settings.layers, decoders=False)
+    transcoders = {layer: TranscoderSource(replacement, layer, settings.source_id) for layer in settings.layers}
     return collect(model_dir, validation_split, lambda model: transcoders, out_dir, out_metadata, settings)
 
 

@@ -161,4 +161,9 @@ class FeatureWriter:
         }
         if self.source.kind == "neuron":
             data["is_neuron"] = True
+        elif self.source.replacement.cross_layer:
+            # a CLT feature writes to the MLP outputs of layers [first, last]; the logit lens above
+            # is of its write to the last one
+            data["writes_to_layers"] = self.source.writes_to_layers
+            data["logit_lens_layer"] = self.source.writes_to_layers[1]
         return data

@@ -11,24 +11,28 @@ class FeatureRequestError(ValueError):
 
 
 class TranscoderSource:
-    """Features of a layer's transcoder, read from the MLP input (circuit-tracer's mlp.hook_in)."""
+    """Features of one layer of a transcoder set (a `circuitflow.transcoders.replacement`),
+    read from the MLP input (circuit-tracer's mlp.hook_in)."""
 
     kind = "transcoder"
 
-    def __init__(self, transcoder, layer: int, transcoder_id: str):
-        self.transcoder, self.layer, self.transcoder_id = transcoder, layer, transcoder_id
-        self.n_features = transcoder.n_features
+    def __init__(self, replacement, layer: int, transcoder_id: str):
+        self.replacement, self.layer, self.transcoder_id = replacement, layer, transcoder_id
+        self.n_features = replacement.n_features
         self.feature_ids = np.arange(self.n_features)
+        # A CLT feature writes to every layer from its own to the last; the logit lens reads
+        # its write to the last layer.
+        self.writes_to_layers = ([layer, replacement.n_layers - 1] if replacement.cross_layer else [layer, layer])
 
     def hooked_module(self, block):
         return block.mlp
 
     @torch.no_grad()
     def encode(self, mlp_input: torch.Tensor) -> torch.Tensor:
-        return self.transcoder.encode(mlp_input.float())
+        return self.replacement.encode(self.layer, mlp_input.float())
 
     def output_directions(self) -> torch.Tensor:
-        return self.transcoder.W_dec.detach().float()
+        return self.replacement.output_directions(self.layer).float()
 
 
 class NeuronSource:

@@ -24,8 +24,8 @@ from circuitflow.interp.examples import Snippet, top_tokens
 from circuitflow.logs import pick_device
 from circuitflow.model.hooks import ModuleRecorder, decoder_layers
 from circuitflow.model.loading import load_model
+from circuitflow.transcoders.replacement import load_replacement
 from circuitflow.transcoders.sets import read_transcoder_set
-from circuitflow.transcoders.single_layer import load_transcoder
 
 log = logging.getLogger("circuitflow.interp")
 
@@ -57,9 +57,9 @@ class ActivationPool:
         blocks = decoder_layers(model)
         sources, columns = {}, {}
         if kind == "features":
-            config = read_transcoder_set(transcoder_set)
+            replacement = load_replacement(read_transcoder_set(transcoder_set), sorted(wanted), decoders=False)
             for layer in wanted:
-                sources[layer] = TranscoderSource(load_transcoder(config.layers[layer]).eval(), layer, "")
+                sources[layer] = TranscoderSource(replacement, layer, "")
                 columns[layer] = torch.tensor(wanted[layer])
         else:
             for layer in wanted:

@@ -1,4 +1,5 @@
-"""The adapter to circuit-tracer: our transcoders as its `SingleLayerTranscoder` / `TranscoderSet`."""
+"""The adapter to circuit-tracer: our transcoders as its `SingleLayerTranscoder` / `TranscoderSet`,
+and a cross-layer transcoder loaded by circuit-tracer's own ``load_clt``."""
 
 from __future__ import annotations
 
@@ -32,13 +33,21 @@ def to_circuit_tracer(transcoder: Transcoder, layer: int, dtype=torch.float32):
 
 
 def load_transcoder_set(config_path: str | Path, n_layers: int, d_model: int | None = None, dtype=torch.float32):
-    """circuit-tracer's `TranscoderSet` for a model of `n_layers` layers: every layer must have one."""
+    """circuit-tracer's `TranscoderSet` (or `CrossLayerTranscoder`) for a model of `n_layers`
+    layers: every layer must have a transcoder."""
     from circuit_tracer.transcoder import TranscoderSet
 
     config = read_transcoder_set(config_path)
     config.require_layers(range(n_layers), "attribution (circuit-tracer replaces every MLP)")
     if d_model is not None and config.d_model != d_model:
         raise ValueError(f"transcoder set {config_path} has d_model {config.d_model} but the model has {d_model}")
+    if config.cross_layer:
+        from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
+
+        # the files are checked (read_transcoder_set); circuit-tracer reads them itself
+        return load_clt(str(config.folder), feature_input_hook=config.feature_input_hook,
+                        feature_output_hook=config.feature_output_hook, scan=config.scan,
+                        device=torch.device("cpu"), dtype=dtype, lazy_decoder=False)
     transcoders = {layer: to_circuit_tracer(load_transcoder(config.layers[layer]), layer, dtype)
                    for layer in range(n_layers)}
     return TranscoderSet(transcoders, feature_input_hook=config.feature_input_hook,

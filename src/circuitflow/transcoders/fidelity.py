@@ -39,8 +39,8 @@ from circuitflow.logs import Progress, pick_device
 from circuitflow.model.facts import read_model_facts
 from circuitflow.model.hooks import decoder_layers, mlp_output, mlp_recorder
 from circuitflow.model.loading import load_model
+from circuitflow.transcoders.replacement import load_replacement
 from circuitflow.transcoders.sets import read_transcoder_set
-from circuitflow.transcoders.single_layer import Transcoder, load_transcoder
 
 log = logging.getLogger("circuitflow.transcoders")
 
@@ -108,22 +108,32 @@ class _Variants:
 
 
 class _Replace:
-    """Forward hooks that replace the MLP output at positions >= 1 of some layers, by the
-    transcoder's prediction from that MLP's own input (`ablate=False`) or by zeros."""
+    """Forward hooks that replace the MLP output at positions >= 1 of the `replaced` layers, by
+    the set's prediction (`ablate=False`) or by zeros. The prediction reads the MLP inputs of
+    this same pass: a per-layer transcoder its own layer's, a CLT every layer's up to it (so for
+    a CLT every layer up to the last replaced one is hooked, to encode its features)."""
 
-    def __init__(self, blocks: list, transcoders: dict[int, Transcoder], ablate: bool):
-        self.handles = [blocks[layer].mlp.register_forward_hook(self._hook(transcoders[layer], ablate))
-                        for layer in transcoders]
+    def __init__(self, blocks: list, replacement, replaced: tuple[int, ...], ablate: bool):
+        self.replacement, self.replaced, self.ablate = replacement, set(replaced), ablate
+        self.acts: dict[int, torch.Tensor] = {}
+        hooked = self.replaced
+        if replacement.cross_layer and not ablate:
+            hooked = [layer for layer in replacement.layers if layer <= max(replaced)]
+        self.handles = [blocks[layer].mlp.register_forward_hook(self._hook(layer)) for layer in hooked]
 
-    @staticmethod
-    def _hook(transcoder: Transcoder, ablate: bool):
+    def _hook(self, layer: int):
         def hook(module, inputs, output):
+            if not self.ablate:
+                x = inputs[0][:, 1:]
+                flat = x.reshape(-1, x.shape[-1]).float()
+                self.acts[layer] = self.replacement.encode(layer, flat)
+            if layer not in self.replaced:
+                return None
             out = mlp_output(output).clone()
-            if ablate:
+            if self.ablate:
                 out[:, 1:] = 0
             else:
-                x = inputs[0][:, 1:]
-                out[:, 1:] = transcoder(x.float()).to(out.dtype)
+                out[:, 1:] = self.replacement.decode(layer, self.acts, flat).view(x.shape).to(out.dtype)
             return (out, *output[1:]) if isinstance(output, tuple) else out
         return hook
 
@@ -154,7 +164,8 @@ def evaluate_transcoders(model_dir: str | Path, transcoder_set: str | Path, vali
     device = torch.device(pick_device(settings.device))
     model, _ = load_model(model_dir, settings.model_dtype)
     model.to(device)
-    transcoders = {layer: load_transcoder(set_config.layers[layer]).to(device).eval() for layer in settings.layers}
+    replacement = load_replacement(set_config, settings.layers, device=device)
+    layers = tuple(settings.layers)
     blocks = decoder_layers(model)
 
     windows = read_windows(validation_split)
@@ -166,28 +177,30 @@ def evaluate_transcoders(model_dir: str | Path, transcoder_set: str | Path, vali
                          "loss; raise dataset.context_length")
     reconstruction = {layer: _Reconstruction() for layer in settings.layers}
     variants = _Variants()
-    n_variants = 2 * len(transcoders) + 2
+    n_variants = 2 * len(layers) + 2
     progress = Progress(log, "evaluate_transcoders", n_windows + n_splice * n_variants, "window passes")
-    log.info("evaluating %d layers on %d validation windows (%d with splicing, %d variants)", len(transcoders),
+    log.info("evaluating %d layers (%s) on %d validation windows (%d with splicing, %d variants)", len(layers),
+             set_config.kind,
              n_windows, n_splice, n_variants)
 
     with torch.inference_mode():
         for start in range(0, n_windows, settings.batch_size):
             ids = torch.from_numpy(tokens[start:min(start + settings.batch_size, n_windows)]).to(device)
-            recorder = mlp_recorder(model, tuple(transcoders), stop=False)  # the clean pass runs to the logits
+            recorder = mlp_recorder(model, layers, stop=False)  # the clean pass runs to the logits
             try:
                 clean = _next_token_log_probs(model, ids)
             finally:
                 recorder.close()
-            for layer, transcoder in transcoders.items():
-                x, y = recorder.captured[layer]
-                x, y = x.reshape(-1, x.shape[-1]).float(), y.reshape(-1, y.shape[-1]).float()
-                acts = transcoder.encode(x)
-                reconstruction[layer].add(y, transcoder.decode(acts, x), acts)
+            xs = {layer: x.reshape(-1, x.shape[-1]).float() for layer, (x, _) in recorder.captured.items()}
+            acts = {layer: replacement.encode(layer, xs[layer]) for layer in layers}
+            for layer in layers:
+                y = recorder.captured[layer][1]
+                reconstruction[layer].add(y.reshape(-1, y.shape[-1]).float(),
+                                          replacement.decode(layer, acts, xs[layer]), acts[layer])
             progress.update(len(ids))
             splice_ids = ids[:max(0, min(len(ids), n_splice - start))]
             if len(splice_ids):
-                _splice_batch(model, blocks, transcoders, splice_ids, clean[:len(splice_ids)], variants)
+                _splice_batch(model, blocks, replacement, layers, splice_ids, clean[:len(splice_ids)], variants)
                 progress.update(len(splice_ids) * n_variants)
 
     result = _summarise(reconstruction, variants, settings, set_config, facts, n_windows, n_splice,
@@ -195,19 +208,19 @@ def evaluate_transcoders(model_dir: str | Path, transcoder_set: str | Path, vali
     _write_outputs(result, out_json, out_csv)
     overall = result["all_layers"]
     log.info("all %d layers spliced: CE %.4f vs clean %.4f (ablated %.4f), loss recovered %.3f, KL %.4f; "
-             "mean FVU %.4f in %.1fs", len(transcoders), overall["ce_spliced"], overall["ce_clean"],
+             "mean FVU %.4f in %.1fs", len(layers), overall["ce_spliced"], overall["ce_clean"],
              overall["ce_ablated"], overall["loss_recovered"], overall["kl_spliced"], result["mean_fvu"],
              result["seconds"])
     return result
 
 
-def _splice_batch(model, blocks, transcoders, ids, clean, variants: _Variants) -> None:
+def _splice_batch(model, blocks, replacement, layers, ids, clean, variants: _Variants) -> None:
     targets = ids[:, 2:]
     variants.clean.add(clean, clean, targets)
-    groups = [(layer, {layer: transcoders[layer]}) for layer in transcoders] + [(ALL_LAYERS, transcoders)]
+    groups = [(layer, (layer,)) for layer in layers] + [(ALL_LAYERS, layers)]
     for key, replaced in groups:
         for ablate, store in ((False, variants.spliced), (True, variants.ablated)):
-            with _Replace(blocks, replaced, ablate):
+            with _Replace(blocks, replacement, replaced, ablate):
                 log_probs = _next_token_log_probs(model, ids)
             store.setdefault(key, _Splice()).add(log_probs, clean, targets)
 
@@ -233,7 +246,7 @@ def _summarise(reconstruction, variants: _Variants, settings, set_config, facts,
     all_layers = {"layer": ALL_LAYERS, **{key: mean[key] for key in mean},
                   **_splice_row(variants.clean, variants.spliced[ALL_LAYERS], variants.ablated[ALL_LAYERS])}
     return {
-        "transcoder_set": str(Path(set_config.path)), "scan": set_config.scan,
+        "transcoder_set": str(Path(set_config.path)), "kind": set_config.kind, "scan": set_config.scan,
         "activation": set_config.architecture.activation, "n_features": set_config.n_features,
         "complete": sorted(reconstruction) == list(range(facts.n_layers)),
         "windows": n_windows, "splice_windows": n_splice, "context_length": context,

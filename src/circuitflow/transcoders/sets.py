@@ -13,6 +13,11 @@ The file follows circuit-tracer's ``transcoder_set`` config (``model_kind``, hoo
 plus ``activation``, ``k``, ``d_model``, ``n_features`` and ``skip_connection``, the
 architecture that every layer shares (each layer's ``.architecture.json`` is checked
 against it and against its tensors' shapes before the file is written).
+
+A cross-layer transcoder's config has ``model_kind: cross_layer_transcoder`` (circuit-tracer's
+key for ``load_clt``, which reads the folder beside it) and ``layers:`` naming each layer's
+encoder file; its decoder files ``W_dec_<i>.safetensors`` sit beside them
+(`circuitflow.transcoders.cross_layer`).
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from circuitflow.config import TranscoderArchitecture, WriteTranscoderSetSetting
 from circuitflow.io import atomic_path, keyed
 from circuitflow.model.facts import read_model_facts
 from circuitflow.model.hooks import HOOK_IN, HOOK_OUT
+from circuitflow.transcoders import cross_layer
 from circuitflow.transcoders.single_layer import TranscoderFileError, check_transcoder_file
 
 ARCHITECTURE_KEYS = ("activation", "k", "n_features", "skip_connection")
+PER_LAYER, CROSS_LAYER = "transcoder_set", cross_layer.KIND  # circuit-tracer's model_kind values
 
 
 class TranscoderSetError(ValueError):
@@ -46,6 +53,15 @@ class TranscoderSetConfig:
     scan: str
     feature_input_hook: str
     feature_output_hook: str
+    kind: str = PER_LAYER
+
+    @property
+    def cross_layer(self) -> bool:
+        return self.kind == CROSS_LAYER
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
 
     @property
     def n_features(self) -> int:
@@ -66,6 +82,8 @@ def write_transcoder_set(model_dir: str | Path, weights: Sequence[str | Path], o
     and each other, then write `config.yaml`."""
     out_config = Path(out_config)
     facts = read_model_facts(model_dir)
+    if settings.kind == "clt":
+        return _write_cross_layer_set(model_dir, facts, out_config, settings)
     weights = keyed(settings.layers, weights, "transcoder weights files")
     try:
         records = {layer: check_transcoder_file(weights[layer], layer, facts.d_model) for layer in sorted(weights)}
@@ -103,6 +121,30 @@ def write_transcoder_set(model_dir: str | Path, weights: Sequence[str | Path], o
     return config
 
 
+def _write_cross_layer_set(model_dir, facts, out_config: Path, settings: WriteTranscoderSetSettings) -> dict:
+    try:
+        record = cross_layer.check_cross_layer_files(out_config.parent, facts.d_model)
+    except cross_layer.CrossLayerFileError as error:
+        raise TranscoderSetError(str(error)) from None
+    if list(range(record["n_layers"])) != list(settings.layers):
+        raise TranscoderSetError(f"the cross-layer transcoder in {out_config.parent} covers layers "
+                                 f"0..{record['n_layers'] - 1}, but activations.layers is {list(settings.layers)}; "
+                                 "retrain it (snakemake --forcerun train_cross_layer_transcoder)")
+    config = {
+        "model_kind": CROSS_LAYER,
+        "model_name": str(Path(model_dir).resolve()),
+        "feature_input_hook": HOOK_IN,
+        "feature_output_hook": HOOK_OUT,
+        **{key: record[key] for key in ("activation", "k", "d_model", "n_features", "skip_connection",
+                                        "n_layers", "clt_id")},
+        "scan": settings.scan,
+        "layers": {layer: cross_layer.encoder_file("", layer).name for layer in range(record["n_layers"])},
+    }
+    with atomic_path(out_config) as tmp:
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return config
+
+
 def read_transcoder_set(config_path: str | Path) -> TranscoderSetConfig:
     """Parse a set `config.yaml` written by `write_transcoder_set`."""
     path = Path(config_path)
@@ -114,15 +156,29 @@ def read_transcoder_set(config_path: str | Path) -> TranscoderSetConfig:
             skip_connection=bool(config["skip_connection"]),
             **({"k": int(config["k"])} if config.get("k") is not None else {}))
         parsed = TranscoderSetConfig(path, config["model_name"], layers, architecture, int(config["d_model"]),
-                                     config["scan"], config["feature_input_hook"], config["feature_output_hook"])
+                                     config["scan"], config["feature_input_hook"], config["feature_output_hook"],
+                                     config.get("model_kind", PER_LAYER))
     except FileNotFoundError:
         raise TranscoderSetError(f"transcoder set {path} does not exist") from None
     except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise TranscoderSetError(
             f"transcoder set {path} is not a circuitflow set config ({type(error).__name__}: {error}); "
             "rerun write_transcoder_set") from None
-    _check_layer_files(parsed)
+    if parsed.cross_layer:
+        _check_cross_layer_files(parsed, config)
+    else:
+        _check_layer_files(parsed)
     return parsed
+
+
+def _check_cross_layer_files(config: TranscoderSetConfig, raw: dict) -> None:
+    try:
+        record = cross_layer.check_cross_layer_files(config.folder, config.d_model)
+    except cross_layer.CrossLayerFileError as error:
+        raise TranscoderSetError(f"transcoder set {config.path}: {error}") from None
+    if record["clt_id"] != raw.get("clt_id") or sorted(config.layers) != list(range(record["n_layers"])):
+        raise TranscoderSetError(f"transcoder set {config.path} does not describe the cross-layer transcoder beside "
+                                 "it (another training run); rerun write_transcoder_set")
 
 
 def _check_layer_files(config: TranscoderSetConfig) -> None:

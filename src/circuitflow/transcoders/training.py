@@ -6,7 +6,7 @@ latents (alpha 1/32, k_aux = d_model/2), Adam with linear warmup and linear deca
 rows kept at unit norm (with the parallel gradient component removed), ``b_dec`` initialised
 to the mean MLP output and ``b_enc`` centring the mean input; silent latents are restarted on
 badly reconstructed tokens (`resample_dead_latents`), and checkpoints make a run resumable
-(`_Checkpoint`). A JumpReLU transcoder is trained as TopK, then given per-feature thresholds
+(`Checkpoint`). A JumpReLU transcoder is trained as TopK, then given per-feature thresholds
 (`calibrate_thresholds`), so circuit-tracer's own loader reads it. The architecture and the
 training settings arrive separately (`TrainTranscoderSettings`), as in sparsify.
 """
@@ -36,7 +36,7 @@ TRAINABLE = ("topk", "jumprelu", "relu")
 TOPK_TRAINED = ("topk", "jumprelu")  # jumprelu: TopK training, then per-feature thresholds
 
 
-class _Batches:
+class ShardBatches:
     """Seeded streaming batches from one shard: row groups in random order, rows shuffled
     within a buffer of `shuffle_row_groups` row groups. The last `eval_tokens` rows are held out."""
 
@@ -178,12 +178,31 @@ def resample_dead_latents(model: Transcoder, optimizer, x: torch.Tensor, y: torc
     return int(ids.numel())
 
 
-def _lr_factor(step: int, settings: TrainingSettings) -> float:
+def lr_factor(step: int, settings: TrainingSettings) -> float:
     if step < settings.warmup_steps:
         return (step + 1) / settings.warmup_steps
     span = max(settings.steps - settings.warmup_steps, 1)
     progress = (step - settings.warmup_steps) / span
     return 1.0 - (1.0 - settings.final_lr_fraction) * progress
+
+
+def topk_counts(indices: torch.Tensor, acts: torch.Tensor, n_features: int) -> torch.Tensor:
+    """How often TopK let each feature fire ([n_features], from topk indices and values)."""
+    counts = torch.zeros(n_features, dtype=torch.long, device=indices.device)
+    counts.scatter_add_(0, indices[acts > 0], torch.ones_like(indices[acts > 0]))
+    return counts
+
+
+def base_thresholds(pre: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per-feature thresholds that keep TopK's firing counts on these pre-activations [tokens,
+    features]: midway between each feature's c-th and (c+1)-th largest value; a feature TopK
+    never picked gets its largest value (it stays silent)."""
+    ranked = pre.sort(dim=0, descending=True).values
+    n = ranked.shape[0]
+    above = ranked.gather(0, (counts - 1).clamp(0, n - 1)[None])[0]
+    below = ranked.gather(0, counts.clamp(max=n - 1)[None])[0]
+    base = torch.where(counts == 0, ranked[0], (above + below) / 2)
+    return torch.where(counts >= n, torch.zeros_like(base), base).clamp_min(0)
 
 
 THRESHOLD_SCALES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.35, 1.5, 1.75, 2.0)
@@ -200,14 +219,9 @@ def calibrate_thresholds(model: Transcoder, x: torch.Tensor, y: torch.Tensor) ->
     all thresholds is picked from `THRESHOLD_SCALES`: the lowest FVU on the calibration tokens
     whose mean L0 stays within `L0_SLACK` of TopK's."""
     pre, indices, acts, y_topk = topk_forward(model, x)
-    counts = torch.zeros(model.n_features, dtype=torch.long, device=x.device)
-    counts.scatter_add_(0, indices[acts > 0], torch.ones_like(indices[acts > 0]))
-    ranked = pre.sort(dim=0, descending=True).values  # [tokens, features]
-    n = ranked.shape[0]
-    above = ranked.gather(0, (counts - 1).clamp(0, n - 1)[None])[0]
-    below = ranked.gather(0, counts.clamp(max=n - 1)[None])[0]
-    base = torch.where(counts == 0, ranked[0], (above + below) / 2)
-    base = torch.where(counts >= n, torch.zeros_like(base), base).clamp_min(0)
+    counts = topk_counts(indices, acts, model.n_features)
+    base = base_thresholds(pre, counts)
+    n = pre.shape[0]
     topk_l0 = float(counts.sum()) / n
     candidates = []
     for factor in THRESHOLD_SCALES:
@@ -258,7 +272,7 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
     torch.manual_seed(settings.seed * 1000 + layer)
     generator = torch.Generator().manual_seed(settings.seed * 1000 + layer)
     rng = np.random.default_rng([settings.seed, layer])
-    batches = _Batches(shard, settings, rng)
+    batches = ShardBatches(shard, settings, rng)
     device = torch.device(settings.device)
     eval_x, eval_y = (t.to(device) for t in batches.eval_set())
 
@@ -268,15 +282,16 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
     # Train on inputs and outputs rescaled to unit RMS, so the learning rate means the same
     # for every model and layer (MLP output scales differ by orders of magnitude); the scales
     # are folded back into the weights before saving.
-    scale_x, scale_y = _rms(first_x), _rms(first_y)
+    scale_x, scale_y = centred_rms(first_x), centred_rms(first_y)
     first_x, first_y = (first_x / scale_x).to(device), (first_y / scale_y).to(device)
     _init_from_data(model, first_x.cpu(), first_y.cpu(), generator)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, settings))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings))
     tokens_since_fired = torch.zeros(architecture.n_features, dtype=torch.long, device=device)
     curve = []
-    checkpoint = _Checkpoint(out_weights, layer, _fingerprint(shard, architecture, settings, layer))
+    checkpoint = Checkpoint(Path(out_weights).parent / "checkpoints" / f"layer_{layer}.pt",
+                            training_fingerprint([shard], architecture, settings, layer))
     resample_generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + layer + 1)
     start_step = checkpoint.restore(model, optimizer, scheduler, tokens_since_fired, curve, resample_generator)
     for _ in range(max(start_step - 1, 0)):  # the stream is seeded: replaying it skips the seen batches
@@ -334,7 +349,7 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
     loop_seconds = time.perf_counter() - loop_started
     calibration = {}
     if architecture.activation == "jumprelu":
-        calibration = calibrate_thresholds(model, *_take_tokens(stream, settings.calibration_tokens, scale_x,
+        calibration = calibrate_thresholds(model, *take_tokens(stream, settings.calibration_tokens, scale_x,
                                                                 scale_y, device))
     _fold_scales(model, scale_x, scale_y)
     if calibration:
@@ -368,24 +383,23 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
     return metrics
 
 
-def _fingerprint(shard: ActivationShard, architecture, settings: TrainingSettings, layer: int) -> str:
+def training_fingerprint(shards: list[ActivationShard], architecture, settings: TrainingSettings, layer) -> str:
     """What a checkpoint must match to be resumed: the data, the architecture and every training
     setting that changes the numbers (not the logging or checkpoint cadence)."""
     training = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("log_every_s", "checkpoint_every")}
-    identity = {"shard": str(Path(shard.path).resolve()), "bytes": Path(shard.path).stat().st_size,
-                "rows": shard.n_rows, "layer": layer, "architecture": dataclasses.asdict(architecture),
-                "training": training}
+    identity = {"shards": [[str(Path(s.path).resolve()), Path(s.path).stat().st_size, s.n_rows] for s in shards],
+                "layer": layer, "architecture": dataclasses.asdict(architecture), "training": training}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-class _Checkpoint:
-    """``checkpoints/layer_{l}.pt`` beside the weights: everything the loop changes (weights,
+class Checkpoint:
+    """A checkpoint file (``checkpoints/layer_{l}.pt`` beside the weights): everything the loop changes (weights,
     optimizer and scheduler state, dead-latent counters, the curve) after a given step, written
     atomically. The batch stream is seeded, so a resumed run replays it to the same position and
     ends with the same weights as an uninterrupted one."""
 
-    def __init__(self, out_weights: str | Path, layer: int, fingerprint: str):
-        self.path = Path(out_weights).parent / "checkpoints" / f"layer_{layer}.pt"
+    def __init__(self, path: str | Path, fingerprint: str):
+        self.path = Path(path)
         self.fingerprint = fingerprint
 
     def save(self, step: int, model, optimizer, scheduler, tokens_since_fired, curve, generator) -> None:
@@ -425,7 +439,7 @@ class _Checkpoint:
             pass
 
 
-def _take_tokens(stream, n_tokens: int, scale_x: float, scale_y: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+def take_tokens(stream, n_tokens: int, scale_x: float, scale_y: float, device) -> tuple[torch.Tensor, torch.Tensor]:
     """The next `n_tokens` MLP inputs and outputs of the batch stream, rescaled as in training."""
     xs, ys, have = [], [], 0
     while have < n_tokens:
@@ -436,7 +450,7 @@ def _take_tokens(stream, n_tokens: int, scale_x: float, scale_y: float, device) 
     return ((torch.cat(xs)[:n_tokens] / scale_x).to(device), (torch.cat(ys)[:n_tokens] / scale_y).to(device))
 
 
-def _rms(t: torch.Tensor) -> float:
+def centred_rms(t: torch.Tensor) -> float:
     """Root mean square of the centred entries (1.0 for a constant tensor)."""
     rms = float((t - t.mean(0)).pow(2).mean().sqrt())
     return rms if rms > 0 else 1.0

@@ -1,0 +1,443 @@
+"""train_cross_layer_transcoder: one CLT over layers 0..n-1, trained jointly from every layer's shard.
+
+The shards hold the same tokens in the same order (one `cache_activations` job writes them), so
+one seeded `ShardBatches` per shard, all with the same seed, yields aligned batches: token t of
+every layer's batch is the same token (checked on the shards' ``seq``/``pos`` columns first).
+
+The recipe is the per-layer one (`circuitflow.transcoders.training`) lifted to layers: TopK per
+layer (k features of each layer per token), loss = the mean over layers of each layer's FVU,
+inputs and outputs at unit RMS per layer, Adam with warmup and linear decay. Each feature's
+decoder — its writes to layers i..n-1, taken together — is kept at unit norm. Features start as a
+per-layer transcoder's (encoder = a token's input direction, decoder = its output direction at
+its own layer only) and learn their later-layer writes. Silent latents restart on badly
+reconstructed tokens of their layer, AuxK revives dead ones on their own layer's residual, and
+checkpoints make the run resumable. Finally TopK becomes JumpReLU: per-feature thresholds that
+keep TopK's firing rates, times one common factor (`calibrate_cross_layer_thresholds`), because
+circuit-tracer's ``load_clt`` reads only ReLU and JumpReLU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from circuitflow.activations.shards import ActivationShard
+from circuitflow.config import TrainCrossLayerTranscoderSettings
+from circuitflow.io import write_json
+from circuitflow.logs import Progress, pick_device
+from circuitflow.transcoders.cross_layer import CrossLayerTranscoder, save_cross_layer_transcoder
+from circuitflow.transcoders.training import (
+    L0_SLACK,
+    RESTART_CAP,
+    THRESHOLD_SCALES,
+    Checkpoint,
+    ShardBatches,
+    base_thresholds,
+    centred_rms,
+    fvu,
+    lr_factor,
+    topk_counts,
+    training_fingerprint,
+)
+
+log = logging.getLogger("circuitflow.transcoders")
+
+
+def check_cross_layer_request(layers, architecture) -> None:
+    """What a CLT needs of the config; raises ValueError naming the key."""
+    layers = tuple(layers)
+    if layers != tuple(range(len(layers))) or not layers:
+        raise ValueError(f"transcoder.kind clt needs activations.layers contiguous from layer 0 (circuit-tracer's "
+                         f"CLT layout numbers its files 0..n-1), not {list(layers)}; use 'all' or [0, 1, ..., m]")
+    if architecture.activation != "jumprelu":
+        raise ValueError(f"transcoder.kind clt needs transcoder.activation: jumprelu, not "
+                         f"{architecture.activation!r} (it is trained as TopK and saved with JumpReLU thresholds, "
+                         "the only sparse activation circuit-tracer's load_clt reads)")
+    if architecture.skip_connection:
+        raise ValueError("transcoder.kind clt needs transcoder.skip_connection: false (circuit-tracer's load_clt "
+                         "never loads a skip path)")
+    if not 0 < architecture.k < architecture.n_features:
+        raise ValueError(f"transcoder.k {architecture.k} must be in 1..{architecture.n_features - 1} "
+                         f"(below transcoder.n_features {architecture.n_features})")
+
+
+def _aligned_shards(paths) -> list[ActivationShard]:
+    shards = [ActivationShard(path) for path in paths]
+    first = shards[0]
+    for shard in shards[1:]:
+        if shard.row_group_sizes != first.row_group_sizes or shard.d_model != first.d_model:
+            raise ValueError(f"activation shards {first.path} and {shard.path} differ in rows or d_model; "
+                             "rebuild the activations (all layers come from one cache_activations job)")
+    ends = (0, len(first.row_group_sizes) - 1)
+    for index in ends:
+        reference = first.read_row_group(index, ("seq", "pos"))
+        for shard in shards[1:]:
+            other = shard.read_row_group(index, ("seq", "pos"))
+            if any(not np.array_equal(reference[c], other[c]) for c in ("seq", "pos")):
+                raise ValueError(f"activation shards {first.path} and {shard.path} hold different tokens in row "
+                                 f"group {index}; rebuild the activations")
+    return shards
+
+
+class _LockstepBatches:
+    """Aligned batches from every layer's shard: ([B, n_layers, d], [B, n_layers, d])."""
+
+    def __init__(self, shards, settings, seed):
+        self.parts = [ShardBatches(shard, settings, np.random.default_rng(seed)) for shard in shards]
+
+    def eval_set(self):
+        pairs = [part.eval_set() for part in self.parts]
+        return torch.stack([p[0] for p in pairs], 1), torch.stack([p[1] for p in pairs], 1)
+
+    def __iter__(self):
+        streams = [iter(part) for part in self.parts]
+        while True:
+            pairs = [next(stream) for stream in streams]
+            yield torch.stack([p[0] for p in pairs], 1), torch.stack([p[1] for p in pairs], 1)
+
+
+def _flat_decoders(model: CrossLayerTranscoder) -> list[torch.Tensor]:
+    """Each layer's decoder as [F, (n-i)*d]: one row per feature, all its writes."""
+    return [w.view(w.shape[0], -1) for w in model.W_dec]
+
+
+class _ShiftedSum(torch.autograd.Function):
+    """b_dec + every source layer's writes, layer i's filling columns i*d.. of [B, n*d], in one
+    buffer: padding each write to full width (or adding in place into slices) costs a full
+    [B, n, d] tensor per layer, which dominated the step on CPU."""
+
+    @staticmethod
+    def forward(ctx, bias, *writes):
+        batch, width = writes[0].shape
+        out = bias.reshape(1, -1).repeat(batch, 1)
+        for w in writes:
+            out[:, width - w.shape[1]:] += w
+        ctx.widths, ctx.bias_shape = [w.shape[1] for w in writes], bias.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        total = grad.shape[1]
+        return grad.sum(0).view(ctx.bias_shape), *(grad[:, total - w:] for w in ctx.widths)
+
+
+def sparse_forward(model: CrossLayerTranscoder, x: torch.Tensor):
+    """TopK per layer, decoding only the active rows. Returns per-layer (pre, indices, acts) and
+    the prediction [B, n, d]."""
+    batch, n_layers, d = x.shape
+    writes, picked = [], []
+    # every layer's encoder in one batched product: indexing W_enc per layer would cost a
+    # full-size zero gradient per layer in the backward pass
+    pres = torch.baddbmm(model.b_enc[:, None], x.transpose(0, 1), model.W_enc.transpose(1, 2))
+    for layer, (decoder, pre) in enumerate(zip(_flat_decoders(model), pres.unbind(0))):
+        values, indices = torch.topk(pre, model.k, dim=-1)
+        acts = F.relu(values)
+        writes.append(F.embedding_bag(indices, decoder, per_sample_weights=acts, mode="sum"))
+        picked.append((pre, indices, acts))
+    return picked, _ShiftedSum.apply(model.b_dec, *writes).view(batch, n_layers, d)
+
+
+def _mean_fvu(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+    """The mean over layers of each layer's FVU ([B, n, d] tensors, vectorised)."""
+    error = (y - y_hat).pow(2).sum((0, 2))
+    variance = (y - y.mean(0)).pow(2).sum((0, 2)).clamp_min(1e-12)
+    return (error / variance).mean()
+
+
+def _auxk(model: CrossLayerTranscoder, picked, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    """AuxK per layer: the top dead latents of layer i reconstruct layer i's residual error
+    through their own-layer decoder slice (the cheap part that revives them)."""
+    losses = []
+    for layer, (pre, _, _) in enumerate(picked):
+        dead_ids = dead[layer].nonzero().squeeze(-1)
+        k_aux = min(model.d_model // 2, dead_ids.numel())
+        if k_aux == 0:
+            continue
+        values, chosen = torch.topk(pre[:, dead_ids], k_aux, dim=-1)
+        own = model.W_dec[layer][:, 0]
+        recon = F.embedding_bag(dead_ids[chosen], own, per_sample_weights=F.relu(values), mode="sum")
+        losses.append(min(dead_ids.numel() / k_aux, 1.0) * fvu(residual[:, layer], recon))
+    return torch.stack(losses).mean() if losses else residual.new_zeros(())
+
+
+def _init_from_data(model: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, generator) -> None:
+    """Every feature starts as a per-layer transcoder's: one training token's centred input
+    direction reads, its centred output direction at its own layer writes; later-layer writes
+    start at zero. Then each layer's encoder gets the least-squares output scale."""
+    with torch.no_grad():
+        for layer in model.layers:
+            xs, ys = x[:, layer], y[:, layer]
+            x_centred, y_centred = xs - xs.mean(0), ys - ys.mean(0)
+            picks = torch.randint(0, xs.shape[0], (model.n_features,), generator=generator)
+            noise = torch.randn(model.n_features, model.d_model, generator=generator) * 1e-3
+            model.W_enc[layer].copy_(F.normalize(x_centred[picks] + noise, dim=-1))
+            model.W_dec[layer].zero_()
+            model.W_dec[layer][:, 0].copy_(F.normalize(y_centred[picks] + noise, dim=-1))
+            model.b_dec[layer].copy_(ys.mean(0))
+            model.b_enc[layer].copy_(-(xs.mean(0) @ model.W_enc[layer].T))
+            predicted = model.activate(layer, model.pre_activations(layer, xs)) @ model.W_dec[layer][:, 0]
+            scale = float((y_centred * predicted).sum() / (predicted * predicted).sum().clamp_min(1e-12))
+            if scale > 0:
+                model.W_enc[layer].mul_(scale)
+                model.b_enc[layer].mul_(scale)
+
+
+@torch.no_grad()
+def _resample(model: CrossLayerTranscoder, optimizer, x, y, silent: torch.Tensor, generator) -> int:
+    """Restart each layer's silent latents on that layer's worst-reconstructed tokens, as the
+    per-layer `resample_dead_latents` does: the decoder writes the token's error at its own layer."""
+    picked, y_hat = sparse_forward(model, x)
+    restarted = 0
+    for layer, (pre, _, _) in enumerate(picked):
+        ids = silent[layer].nonzero().squeeze(-1)
+        if ids.numel() == 0:
+            continue
+        error = y[:, layer] - y_hat[:, layer]
+        picks = torch.multinomial(error.pow(2).sum(-1).clamp_min(1e-12), ids.numel(),
+                                  replacement=ids.numel() > len(x), generator=generator)
+        xs = x[:, layer]
+        x_centred = xs[picks] - xs.mean(0)
+        cap = RESTART_CAP * float(torch.quantile(pre.topk(model.k, dim=-1).values.flatten(), 0.99))
+        target = error[picks].norm(dim=-1, keepdim=True).clamp(max=cap)
+        encoder = F.normalize(x_centred, dim=-1) * (target / x_centred.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        model.W_enc[layer][ids] = encoder
+        model.b_enc[layer][ids] = -(xs.mean(0) @ encoder.T)
+        model.W_dec[layer][ids] = 0
+        model.W_dec[layer][ids, 0] = F.normalize(error[picks], dim=-1)
+        for parameter, rows in ((model.W_enc, (layer, ids)), (model.b_enc, (layer, ids)),
+                                (model.W_dec[layer], (ids,))):
+            state = optimizer.state.get(parameter, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][rows] = 0
+        restarted += int(ids.numel())
+    return restarted
+
+
+def _constrain_decoders(model: CrossLayerTranscoder, gradients: bool) -> None:
+    """Unit norm per feature over all its writes: drop the gradient along each row (before the
+    step), or renormalise the rows (after it)."""
+    for weight in model.W_dec:
+        flat = weight.detach().view(weight.shape[0], -1)  # shares the parameter's storage
+        rows = F.normalize(flat, dim=-1)
+        if not gradients:
+            flat.copy_(rows)
+        elif weight.grad is not None:
+            grad = weight.grad.view(weight.shape[0], -1)
+            grad -= (grad * rows).sum(-1, keepdim=True) * rows
+
+
+@torch.no_grad()
+def calibrate_cross_layer_thresholds(model: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor,
+                                     chunk: int = 2048) -> dict:
+    """JumpReLU thresholds for a TopK-trained CLT from calibration tokens (x, y: [N, n, d]): per
+    layer the firing-rate-keeping `base_thresholds`, then one common factor from
+    `THRESHOLD_SCALES`, the lowest mean FVU whose mean L0 stays within `L0_SLACK` of TopK's."""
+    n = x.shape[0]
+    base, counts = [], []
+    for layer in model.layers:
+        pre = model.pre_activations(layer, x[:, layer])
+        values, indices = torch.topk(pre, model.k, dim=-1)
+        counts.append(topk_counts(indices, F.relu(values), model.n_features))
+        base.append(base_thresholds(pre, counts[-1]))
+    base, counts = torch.stack(base), torch.stack(counts)
+    topk_l0 = float(counts.sum()) / n / model.n_layers
+    sums = {factor: {"error": torch.zeros(model.n_layers, dtype=torch.float64), "active": 0.0}
+            for factor in THRESHOLD_SCALES}
+    topk_error = torch.zeros(model.n_layers, dtype=torch.float64)
+    decoders = _flat_decoders(model)
+    for start in range(0, n, chunk):
+        xs, ys = x[start:start + chunk], y[start:start + chunk]
+        pres = [model.pre_activations(layer, xs[:, layer]) for layer in model.layers]
+        _, y_topk = sparse_forward(model, xs)
+        topk_error += (ys - y_topk).double().pow(2).sum((0, 2))
+        for factor in THRESHOLD_SCALES:
+            y_hat = model.b_dec.expand(len(xs), -1, -1)
+            for layer, pre in enumerate(pres):
+                threshold = torch.where(counts[layer] == 0, base[layer], base[layer] * factor)
+                acts = (pre * (pre > threshold)).to_sparse()
+                sums[factor]["active"] += float(acts.values().numel())
+                writes = torch.sparse.mm(acts, decoders[layer]).view(len(xs), model.n_layers - layer, -1)
+                y_hat = y_hat + F.pad(writes, (0, 0, layer, 0))
+            sums[factor]["error"] += (ys - y_hat).double().pow(2).sum((0, 2))
+    variance = (y - y.mean(0)).double().pow(2).sum((0, 2)).clamp_min(1e-12)
+    candidates = [{"factor": f, "l0": s["active"] / n / model.n_layers,
+                   "fvu": float((s["error"] / variance).mean())} for f, s in sums.items()]
+    allowed = [c for c in candidates if c["l0"] <= L0_SLACK * topk_l0] or [min(candidates, key=lambda c: c["l0"])]
+    best = min(allowed, key=lambda c: c["fvu"])
+    model.threshold.copy_(torch.where(counts == 0, base, base * best["factor"]))
+    return {"calibration_tokens": n, "features_never_picked": int((counts == 0).sum()),
+            "topk_l0_on_calibration": topk_l0, "topk_fvu_on_calibration": float((topk_error / variance).mean()),
+            "threshold_factor": best["factor"], "jumprelu_l0_on_calibration": best["l0"],
+            "jumprelu_fvu_on_calibration": best["fvu"], "factors_tried": candidates}
+
+
+@torch.no_grad()
+def evaluate_cross_layer(model: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, topk: bool = False) -> dict:
+    """Per-layer FVU, L0 and never-fired share on held-out tokens (`topk`: as trained)."""
+    acts = {}
+    for layer in model.layers:
+        pre = model.pre_activations(layer, x[:, layer])
+        if topk:
+            values, indices = torch.topk(pre, model.k, dim=-1)
+            acts[layer] = torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
+        else:
+            acts[layer] = model.activate(layer, pre)
+    layers = []
+    for layer in model.layers:
+        y_hat = model.decode(layer, acts)
+        on = acts[layer] > 0
+        layers.append({"layer": layer, "fvu": float(fvu(y[:, layer], y_hat)), "l0": float(on.float().sum(-1).mean()),
+                       "fraction_never_fired_on_eval": float(1 - on.any(0).float().mean())})
+    return {"mean_fvu": float(np.mean([r["fvu"] for r in layers])),
+            "mean_l0": float(np.mean([r["l0"] for r in layers])), "layers": layers}
+
+
+@torch.no_grad()
+def _fold_scales(model: CrossLayerTranscoder, scale_x: torch.Tensor, scale_y: torch.Tensor) -> None:
+    """Turn a CLT of x/scale_x -> y/scale_y (per layer) into one of x -> y. Layer i's
+    activations are scaled by scale_y[i] (its encoder by scale_y[i]/scale_x[i]); its write to
+    layer j by scale_y[j]/scale_y[i]."""
+    for i in model.layers:
+        model.W_enc[i].mul_(scale_y[i] / scale_x[i])
+        model.b_enc[i].mul_(scale_y[i])
+        if model.threshold is not None:
+            model.threshold[i].mul_(scale_y[i])
+        model.W_dec[i].mul_((scale_y[i:] / scale_y[i])[None, :, None])
+    model.b_dec.mul_(scale_y[:, None])
+
+
+def take_lockstep_tokens(stream, n_tokens: int, scale_x, scale_y, device):
+    xs, ys, have = [], [], 0
+    while have < n_tokens:
+        x, y = next(stream)
+        xs.append(x)
+        ys.append(y)
+        have += len(x)
+    return ((torch.cat(xs)[:n_tokens] / scale_x[:, None]).to(device),
+            (torch.cat(ys)[:n_tokens] / scale_y[:, None]).to(device))
+
+
+def train_cross_layer_transcoder(shard_paths, out_dir: str | Path, out_metrics: str | Path,
+                                 settings: TrainCrossLayerTranscoderSettings) -> dict:
+    """Train one CLT over `settings.layers` (0..n-1) from their shards (in that order); write
+    its files into `out_dir` and its metrics."""
+    architecture, layers = settings.architecture, settings.layers
+    training = dataclasses.replace(settings.training, device=pick_device(settings.training.device))
+    check_cross_layer_request(layers, architecture)
+    if len(shard_paths) != len(layers):
+        raise ValueError(f"{len(shard_paths)} activation shards given for layers {list(layers)}")
+    started = time.perf_counter()
+    shards = _aligned_shards(shard_paths)
+    n_layers, d_model = len(layers), shards[0].d_model
+    seed = training.seed * 1000 + 999  # apart from every per-layer transcoder's seed
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    batches = _LockstepBatches(shards, training, [training.seed, 999])
+    device = torch.device(training.device)
+    eval_x, eval_y = (t.to(device) for t in batches.eval_set())
+
+    model = CrossLayerTranscoder(n_layers, d_model, dataclasses.replace(architecture, activation="topk"))
+    parameters = sum(p.numel() for p in model.parameters())
+    log.info("CLT over %d layers: %d features per layer, %.1fM parameters (%.2f GB float32, about 4x that with "
+             "gradients and Adam's moments)", n_layers, model.n_features, parameters / 1e6, parameters * 4 / 1e9)
+    stream = iter(batches)
+    first_x, first_y = next(stream)
+    scale_x = torch.tensor([centred_rms(first_x[:, i]) for i in range(n_layers)])
+    scale_y = torch.tensor([centred_rms(first_y[:, i]) for i in range(n_layers)])
+    first_x, first_y = first_x / scale_x[:, None], first_y / scale_y[:, None]
+    _init_from_data(model, first_x, first_y, generator)
+    model.to(device)
+    first_x, first_y = first_x.to(device), first_y.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, training))
+    tokens_since_fired = torch.zeros(n_layers, model.n_features, dtype=torch.long, device=device)
+    curve: list[dict] = []
+    checkpoint = Checkpoint(Path(out_dir) / "checkpoints" / "clt.pt",
+                            training_fingerprint(shards, architecture, training, "clt"))
+    resample_generator = torch.Generator(device=device).manual_seed(seed + 1)
+    start_step = checkpoint.restore(model, optimizer, scheduler, tokens_since_fired, curve, resample_generator)
+    for _ in range(max(start_step - 1, 0)):  # the seeded stream replays to where the checkpoint was
+        next(stream)
+    progress = Progress(log, "train_cross_layer_transcoder", training.steps, "steps", training.log_every_s)
+    progress.update(start_step)
+    x, y = first_x, first_y
+    loop_started = time.perf_counter()
+    for step in range(start_step, training.steps):
+        if step:
+            x, y = next(stream)
+            x, y = (x / scale_x[:, None]).to(device), (y / scale_y[:, None]).to(device)
+        picked, y_hat = sparse_forward(model, x)
+        loss_fvu = _mean_fvu(y, y_hat)
+        fired = torch.zeros_like(tokens_since_fired, dtype=torch.bool)
+        for layer, (_, indices, acts) in enumerate(picked):
+            fired[layer, indices[acts > 0]] = True
+        dead = tokens_since_fired >= training.dead_tokens
+        aux = _auxk(model, picked, (y - y_hat).detach(), dead) if training.auxk_alpha else loss_fvu.new_zeros(())
+        loss = loss_fvu + training.auxk_alpha * aux
+        tokens_since_fired += x.shape[0]
+        tokens_since_fired[fired] = 0
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        _constrain_decoders(model, gradients=True)
+        optimizer.step()
+        scheduler.step()
+        _constrain_decoders(model, gradients=False)
+        done = step + 1
+        resampled = 0
+        if (training.resample_every and done % training.resample_every == 0
+                and done <= training.resample_until_fraction * training.steps):
+            silent = tokens_since_fired >= training.resample_every * training.batch_size
+            resampled = _resample(model, optimizer, x, y, silent, resample_generator)
+            tokens_since_fired[silent] = 0
+        if step % max(training.steps // 20, 1) == 0 or step == training.steps - 1 or resampled:
+            curve.append({"step": step, "fvu": float(loss_fvu.detach()), "aux": float(aux.detach()),
+                          "dead": int((tokens_since_fired >= training.dead_tokens).sum()),
+                          **({"resampled": resampled} if resampled else {})})
+        progress.update(1)
+        if training.checkpoint_every and done % training.checkpoint_every == 0 and done < training.steps:
+            checkpoint.save(done, model, optimizer, scheduler, tokens_since_fired, curve, resample_generator)
+    loop_seconds = time.perf_counter() - loop_started
+
+    saved = CrossLayerTranscoder(n_layers, d_model, architecture).to(device)
+    saved.load_state_dict(model.state_dict(), strict=False)  # the same weights, plus thresholds
+    calibration = calibrate_cross_layer_thresholds(saved, *take_lockstep_tokens(
+        stream, training.calibration_tokens, scale_x, scale_y, device))
+    _fold_scales(saved, scale_x.to(device), scale_y.to(device))
+    _fold_scales(model, scale_x.to(device), scale_y.to(device))
+    calibration["topk_before_calibration"] = evaluate_cross_layer(model, eval_x, eval_y, topk=True)
+    held_out = evaluate_cross_layer(saved, eval_x, eval_y)
+    dead = (tokens_since_fired >= training.dead_tokens).float().mean(1)
+    for row, dead_fraction in zip(held_out["layers"], dead.tolist()):
+        row["dead_fraction"] = dead_fraction
+    metrics = {
+        "kind": "cross_layer_transcoder", "n_layers": n_layers, **held_out,
+        "max_dead_fraction": float(dead.max()), "calibration": calibration,
+        "parameters": parameters, "dead_definition": f"no activation in the last {training.dead_tokens} training tokens",
+        "eval_tokens": int(eval_x.shape[0]), "tokens_seen": training.steps * training.batch_size,
+        "shard_tokens": shards[0].n_rows, "steps": training.steps, "resumed_from_step": start_step,
+        "seconds": time.perf_counter() - started,
+        "seconds_per_step": loop_seconds / max(training.steps - start_step, 1),
+        "training_tokens_per_second": (training.steps - start_step) * training.batch_size / max(loop_seconds, 1e-9),
+        "peak_rss_gb": _peak_rss_gb(), "curve": curve, "training": dataclasses.asdict(training),
+    }
+    save_cross_layer_transcoder(saved, out_dir)
+    write_json(out_metrics, metrics)
+    checkpoint.remove()
+    before = calibration["topk_before_calibration"]
+    log.info("CLT: held-out mean FVU %.4f at mean L0 %.1f (TopK before calibration: %.4f at %.1f); max dead %.3f; "
+             "%.2f s/step, %.1fs in all", metrics["mean_fvu"], metrics["mean_l0"], before["mean_fvu"],
+             before["mean_l0"], metrics["max_dead_fraction"], metrics["seconds_per_step"], metrics["seconds"])
+    return metrics
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kilobytes on Linux

@@ -1,0 +1,166 @@
+"""A cross-layer transcoder trained by circuitflow on the tiny model: circuit-tracer's own
+`load_clt` and its CLI read it unchanged and give our graph; fidelity, features and bad files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from circuitflow.activations import cache_activations
+from circuitflow.attribution.attribute import load_replacement_model
+from circuitflow.config import (
+    CacheActivationsSettings,
+    EvaluateTranscodersSettings,
+    TrainCrossLayerTranscoderSettings,
+    TrainingSettings,
+    TranscoderArchitecture,
+    WriteTranscoderSetSettings,
+)
+from circuitflow.config import PrepareDatasetSettings as DatasetSettings
+from circuitflow.data import prepare_dataset
+from circuitflow.model import load_model
+from circuitflow.transcoders import (
+    TranscoderSetError,
+    evaluate_transcoders,
+    load_cross_layer_transcoder,
+    read_transcoder_set,
+    train_cross_layer_transcoder,
+    write_transcoder_set,
+)
+
+from .test_circuit_tracer_loader import PROMPT, assert_same_graph, attribute_graph
+
+CLT = TranscoderArchitecture(activation="jumprelu", n_features=64, k=6, skip_connection=False)
+SET_SETTINGS = WriteTranscoderSetSettings(layers=(0, 1), scan="tiny-clt", kind="clt")
+
+
+def _train(tmp, shards, steps=40):
+    settings = TrainCrossLayerTranscoderSettings(layers=(0, 1), architecture=CLT, training=TrainingSettings(
+        steps=steps, batch_size=256, warmup_steps=4, eval_tokens=256, calibration_tokens=1024, device="cpu",
+        dead_tokens=3000))
+    return train_cross_layer_transcoder(shards, tmp, tmp / "clt.metrics.json", settings)
+
+
+@pytest.fixture(scope="module")
+def clt_set(tmp_path_factory, tiny_model_dir, tiny_corpus):
+    """A trained CLT over both layers of the tiny model, with its set config, in a folder `tc`."""
+    tmp = tmp_path_factory.mktemp("clt")
+    prepare_dataset(tiny_model_dir, tmp / "train.parquet", tmp / "validation.parquet", tmp / "summary.json",
+                    DatasetSettings(source=str(tiny_corpus), context_length=32, train_tokens=4000,
+                                    validation_tokens=300))
+    shards = [str(tmp / f"layer_{layer}.parquet") for layer in (0, 1)]
+    cache_activations(tiny_model_dir, tmp / "train.parquet", shards, tmp / "manifest.json",
+                      CacheActivationsSettings(layers=(0, 1), batch_size=8, row_group_tokens=512, device="cpu"))
+    folder = tmp / "tc"
+    metrics = _train(folder, shards)
+    write_transcoder_set(tiny_model_dir, [], folder / "config.yaml", SET_SETTINGS)
+    return folder, metrics, shards, tmp
+
+
+def test_training_learns_cross_layer_writes(clt_set):
+    folder, metrics, _, _ = clt_set
+    assert [row["layer"] for row in metrics["layers"]] == [0, 1]
+    assert all(0 < row["fvu"] < 1 for row in metrics["layers"])
+    # TopK gives k per layer; the calibrated thresholds keep it within the L0 slack
+    assert metrics["calibration"]["topk_before_calibration"]["mean_l0"] == pytest.approx(CLT.k, abs=0.5)
+    assert metrics["mean_l0"] <= 1.05 * metrics["calibration"]["topk_l0_on_calibration"] + 0.5
+    clt = load_cross_layer_transcoder(folder, 64)
+    cross = clt.W_dec[0][:, 1].detach().norm(dim=-1)  # layer 0's features' writes to layer 1: learned from zero
+    assert float(cross.mean()) > 0.01
+    assert clt.threshold.shape == (2, CLT.n_features) and bool((clt.threshold >= 0).all())
+
+
+def test_circuit_tracer_load_clt_reads_our_files(clt_set):
+    from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
+
+    folder = clt_set[0]
+    ours = load_cross_layer_transcoder(folder, 64)
+    theirs = load_clt(str(folder), device=torch.device("cpu"), dtype=torch.float32, lazy_decoder=False)
+    assert (theirs.n_layers, theirs.d_transcoder, theirs.d_model) == (2, CLT.n_features, 64)
+    x = torch.randn(2, 50, 64) * 3
+    with torch.no_grad():
+        expected = ours(x.transpose(0, 1)).transpose(0, 1)
+        assert torch.allclose(theirs(x), expected, atol=1e-5)
+        for layer in (0, 1):
+            assert torch.equal(theirs.encode_layer(x[layer], layer), ours.encode(layer, x[layer]))
+
+
+def test_attribution_matches_circuit_tracer_cli(clt_set, tiny_model_dir, tmp_path):
+    from circuit_tracer.graph import Graph
+
+    folder = clt_set[0]
+    from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscoder
+
+    from circuitflow.transcoders import load_transcoder_set
+
+    assert isinstance(load_transcoder_set(folder / "config.yaml", 2), CrossLayerTranscoder)  # circuit-tracer's own
+    model = load_replacement_model(tiny_model_dir, folder / "config.yaml", "nnsight", "cpu")
+    ours = attribute_graph(model)
+    assert ours.active_features.shape[0] > 0
+    out = tmp_path / "cli.pt"
+    env = {**os.environ, "CIRCUIT_TRACER_CACHE_DIR": str(folder.parent), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "circuit_tracer", "attribute", "--prompt", PROMPT, "--transcoder_set",
+               folder.name, "--backend", "nnsight", "--graph_output_path", str(out), "--max_n_logits", "5",
+               "--desired_logit_prob", "0.9", "--batch_size", "64", "--max_feature_nodes", "200"]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_graph(Graph.from_pt(str(out)), ours)
+
+
+def test_fidelity_of_a_clt(clt_set, tiny_model_dir, tmp_path):
+    folder, metrics, _, tmp = clt_set
+    settings = EvaluateTranscodersSettings(layers=(0, 1), windows=6, splice_windows=3, batch_size=3,
+                                           dense_fraction=0.1, device="cpu")
+    result = evaluate_transcoders(tiny_model_dir, folder / "config.yaml", tmp / "validation.parquet",
+                                  tmp_path / "f.json", tmp_path / "f.csv", settings)
+    assert result["kind"] == "cross_layer_transcoder"
+    # layer 1's prediction, recomputed here from the clean MLP inputs of both layers
+    import numpy as np
+
+    from circuitflow.data.dataset import read_windows
+
+    model, _ = load_model(tiny_model_dir)
+    ids = torch.tensor(np.asarray(read_windows(tmp / "validation.parquet").column("tokens").to_pylist()[:6]))
+    captured = {}
+    handles = [model.model.layers[i].mlp.register_forward_hook(
+        lambda m, inp, out, i=i: captured.__setitem__(i, (inp[0][:, 1:].reshape(-1, 64), out[:, 1:].reshape(-1, 64))))
+        for i in (0, 1)]
+    with torch.no_grad():
+        model(ids)
+    for handle in handles:
+        handle.remove()
+    clt = load_cross_layer_transcoder(folder, 64)
+    with torch.no_grad():
+        y_hat = clt(torch.stack([captured[0][0], captured[1][0]], 1))
+    for layer in (0, 1):
+        y = captured[layer][1].double()
+        expected = float((y - y_hat[:, layer].double()).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+        assert result["layers"][layer]["fvu"] == pytest.approx(expected, rel=1e-4)
+    everything = result["all_layers"]
+    assert everything["ce_spliced"] > 0 and everything["kl_spliced"] >= 0
+
+
+def test_files_from_another_clt_are_refused(clt_set, tmp_path, tiny_model_dir):
+    folder, _, shards, _ = clt_set
+    other = tmp_path / "other"
+    _train(other, shards, steps=3)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed)
+    shutil.copy(other / "W_dec_1.safetensors", mixed / "W_dec_1.safetensors")  # same shapes, other CLT
+    with pytest.raises(TranscoderSetError, match=r"W_dec_1.safetensors belongs to another cross-layer transcoder"):
+        read_transcoder_set(mixed / "config.yaml")
+    with pytest.raises(TranscoderSetError, match="another cross-layer transcoder"):
+        write_transcoder_set(tiny_model_dir, [], mixed / "config.yaml", SET_SETTINGS)
+    # a config.yaml left from another training run, beside a retrained CLT
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    stale = tmp_path / "stale"
+    shutil.copytree(other, stale)
+    (stale / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(TranscoderSetError, match="does not describe the cross-layer transcoder beside it"):
+        read_transcoder_set(stale / "config.yaml")

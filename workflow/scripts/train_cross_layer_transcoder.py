@@ -1,0 +1,11 @@
+"""Rule train_cross_layer_transcoder: one cross-layer transcoder from every layer's activation shard."""
+from circuitflow.logs import start_job
+
+settings = start_job(snakemake)
+
+from pathlib import Path
+
+from circuitflow.transcoders import train_cross_layer_transcoder
+
+train_cross_layer_transcoder(snakemake.input.shards, Path(snakemake.output.architecture).parent,
+                             snakemake.output.metrics, settings)

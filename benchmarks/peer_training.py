@@ -1,6 +1,7 @@
 """Benchmark: our transcoder recipe against EleutherAI's sparsify at equal budget, same batches.
 
     python benchmarks/peer_training.py [--run smollm2-135m] [--layers 3 12 28] [--steps 250]
+        [--activation jumprelu [--jumprelu-training ste]]
 
 Needs the default run's activation shards (`snakemake --cores 2 activations`) and sparsify
 (`pip install --no-deps eai-sparsify==1.3.3 schedulefree simple-parsing docstring-parser natsort
@@ -118,6 +119,9 @@ def main() -> None:
     parser.add_argument("--trainers", nargs="+", choices=["ours", "sparsify"], default=["ours", "sparsify"])
     parser.add_argument("--activation", choices=["topk", "jumprelu"], default=None,
                         help="our transcoder.activation (default: the config's); sparsify always trains TopK")
+    parser.add_argument("--jumprelu-training", choices=["calibrated", "ste"], default=None,
+                        help="with --activation jumprelu: TopK + calibrated thresholds, or straight-through training")
+    parser.add_argument("--ste-bandwidth", type=float, default=None)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,7 +131,9 @@ def main() -> None:
         settings = dataclasses.replace(settings, architecture=dataclasses.replace(
             settings.architecture, activation=args.activation))
     settings = dataclasses.replace(settings, training=dataclasses.replace(
-        settings.training, device="cpu", checkpoint_every=0, **({"steps": args.steps} if args.steps else {})))
+        settings.training, device="cpu", checkpoint_every=0, **({"steps": args.steps} if args.steps else {}),
+        **({"jumprelu_training": args.jumprelu_training} if args.jumprelu_training else {}),
+        **({"ste_bandwidth": args.ste_bandwidth} if args.ste_bandwidth else {})))
     a, t = settings.architecture, settings.training
     print(f"{t.steps} steps x {t.batch_size} tokens, {a.n_features} latents, k = {a.k}, skip = "
           f"{a.skip_connection}, {args.threads} threads; dead = no firing in the last {t.dead_tokens} tokens")

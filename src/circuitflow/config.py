@@ -180,6 +180,8 @@ class TrainingSettings:
     eval_tokens: int = knob("transcoder.eval_tokens")
     shuffle_row_groups: int = knob("transcoder.shuffle_row_groups")
     log_every_s: float = knob("transcoder.log_every_s")
+    jumprelu_training: str = knob("transcoder.jumprelu_training")
+    ste_bandwidth: float = knob("transcoder.ste_bandwidth")
     calibration_tokens: int = knob("transcoder.calibration_tokens")
     checkpoint_every: int = knob("transcoder.checkpoint_every")
     resample_every: int = knob("transcoder.resample_every")

@@ -323,6 +323,38 @@ def test_jumprelu_thresholds_keep_topk_sparsity_and_fidelity(tmp_path):
     assert tc.activation == "jumprelu" and (tc.threshold >= 0).all() and (tc.threshold > 0).any()
 
 
+def test_straight_through_threshold_gradient_by_hand():
+    from circuitflow.transcoders.jumprelu_ste import jumprelu_ste
+
+    pre = torch.tensor([[0.98, 1.5, 0.2], [1.01, 0.5, 3.0]], requires_grad=True)
+    threshold = torch.tensor([1.0, 1.0, 1.0], requires_grad=True)
+    acts, l0 = jumprelu_ste(pre, threshold, bandwidth=0.1)
+    assert torch.equal(acts.detach(), torch.tensor([[0.0, 1.5, 0.0], [1.01, 0.0, 3.0]]))
+    assert torch.equal(l0.detach(), torch.tensor([1.0, 2.0]))
+    (acts.sum() + l0.sum()).backward()
+    # only the two pre-activations within 0.05 of feature 0's threshold move it: each by
+    # -(theta / bw) from acts and -(1 / bw) from L0
+    assert torch.allclose(threshold.grad, torch.tensor([2 * (-10.0 - 10.0), 0.0, 0.0]))
+    assert torch.equal(pre.grad, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]))
+
+
+def test_jumprelu_trained_straight_through_holds_l0_near_k(tmp_path):
+    shard = tmp_path / "layer_0.parquet"
+    _write_synthetic_shard(shard, n_tokens=9000)
+    training = dict(steps=300, batch_size=256, lr=1e-2, warmup_steps=10, eval_tokens=1000, dead_tokens=2000,
+                    jumprelu_training="ste", seed=3, device="cpu")
+    metrics = train(shard, train_settings(arch("jumprelu", n_features=64, k=8), **training), tmp_path, "s")
+    assert "calibration" not in metrics
+    # The penalty keeps L0 from exceeding k = 8. On this data, whose true codes are themselves
+    # thresholded, the reconstruction alone prefers fewer (L0 3.0): the controller then lowers
+    # its coefficient towards 0 rather than pushing L0 up.
+    assert 1 < metrics["l0"] <= 8 * 1.2
+    assert metrics["ste"]["final_l0_coefficient"] < 0.1
+    assert metrics["fvu"] < 0.3  # the mean predictor scores 1.0
+    tc = load_transcoder(tmp_path / "s.safetensors")
+    assert tc.activation == "jumprelu" and (tc.threshold >= 0).all() and (tc.threshold > 0).any()
+
+
 KILL_AFTER_SECOND_CHECKPOINT = """
 import os, signal, sys
 from circuitflow.transcoders import training

@@ -114,6 +114,15 @@ def test_lint_is_clean(default_checkout):
     ({"device": "tpu"}, "invalid config at device: 'tpu' is not one of .*allowed values: 'auto', 'cpu', 'cuda'"),
     ({"transcoder": {"k": 4096}}, "transcoder.k 4096 must be below transcoder.n_features 2048"),
     ({"activations": {"layers": [0]}, "features": {"layers": [1]}}, r"features.layers \[1\]: have no transcoder"),
+    ({"transcoder": {"kind": "clt", "activation": "jumprelu", "skip_connection": False},
+      "activations": {"layers": [0, 1, 3]}, "features": {"layers": [0]}},
+     r"transcoder.kind clt needs activations.layers contiguous from layer 0 .*not \[0, 1, 3\]"),
+    ({"transcoder": {"kind": "clt", "skip_connection": False}}, "transcoder.kind clt needs transcoder.activation: "
+                                                                "jumprelu, not 'topk'"),
+    ({"transcoder": {"kind": "clt", "activation": "jumprelu"}}, "transcoder.kind clt needs "
+                                                                "transcoder.skip_connection: false"),
+    ({"transcoder": {"kind": "clt", "activation": "jumprelu", "skip_connection": False, "n_features": 0}},
+     "invalid config at transcoder.n_features: 0 is less than the minimum of 1"),
 ])
 def test_bad_config_fails_before_any_job(default_checkout, change, message):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -291,6 +300,38 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
     assert layer0.stat().st_mtime_ns == before[layer0] and shard1.stat().st_mtime_ns == before[shard1]
     assert layer1.stat().st_mtime_ns != before[layer1]
     assert "Nothing to be done" in snakemake(tmp_path, "-n", "results/graphs/", "--configfile", "tiny.yaml").stdout
+
+
+@pytest.mark.slow
+def test_cross_layer_workflow(tmp_path, tiny_llama_source, tiny_corpus):
+    """transcoder.kind clt on the tiny model: one CLT job, then fidelity, features, packing and
+    graphs exactly as for a per-layer set."""
+    copy_workflow(tmp_path)
+    write_config(tmp_path / "clt.yaml", tiny_config(tmp_path, tiny_llama_source, tiny_corpus, transcoder={
+        "kind": "clt", "activation": "jumprelu", "skip_connection": False}))
+    results = tmp_path / "results/tiny"
+    graph_files = [f"results/tiny/attribution/{slug}.json" for slug in ("france-capital", "genesis")]
+    run = snakemake(tmp_path, "--cores", "2", "transcoders", "features", *graph_files, "--configfile", "clt.yaml")
+    counts = job_counts(run.stdout)
+    assert counts["train_cross_layer_transcoder"] == 1 and "train_transcoder" not in counts
+    config = yaml.safe_load((results / "transcoders/config.yaml").read_text())
+    assert config["model_kind"] == "cross_layer_transcoder" and config["n_layers"] == 2
+    assert sorted(p.name for p in (results / "transcoders").glob("W_*.safetensors")) == [
+        "W_dec_0.safetensors", "W_dec_1.safetensors", "W_enc_0.safetensors", "W_enc_1.safetensors"]
+    fidelity = json.loads((results / "transcoders/fidelity.json").read_text())
+    assert fidelity["kind"] == "cross_layer_transcoder" and fidelity["all_layers"]["splice_tokens"] > 0
+    features = [json.loads(f.read_text()) for f in (results / "features/json").glob("*.json")]
+    assert {f["layer"] for f in features} == {0, 1}
+    assert all(f["writes_to_layers"] == [f["layer"], 1] and f["logit_lens_layer"] == 1 for f in features)
+    for slug in ("france-capital", "genesis"):
+        graph = json.loads((results / f"attribution/{slug}.json").read_text())
+        types = {node["feature_type"] for node in graph["nodes"]}
+        assert {"embedding", "cross layer transcoder", "mlp reconstruction error", "logit"} <= types
+        scores = json.loads((results / f"attribution/{slug}.scores.json").read_text())
+        assert 0 <= scores["replacement_score"] <= 1 and 0 <= scores["completeness_score"] <= 1
+    assert (results / "features/packed/index.json.gz").is_file()
+    assert "Nothing to be done" in snakemake(tmp_path, "-n", "transcoders", *graph_files,
+                                             "--configfile", "clt.yaml").stdout
 
 
 @pytest.mark.slow

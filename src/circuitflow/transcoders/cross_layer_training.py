@@ -233,9 +233,25 @@ def _constrain_decoders(model: CrossLayerTranscoder, gradients: bool) -> None:
             grad -= (grad * rows).sum(-1, keepdim=True) * rows
 
 
+def _decode_sparse(model: CrossLayerTranscoder, acts: list[torch.Tensor]) -> torch.Tensor:
+    """The prediction [N, n, d] from dense per-layer activations, decoding only their nonzero
+    entries (variable-length ``embedding_bag`` bags) into one buffer: a dense product or a
+    full-width padded tensor per layer costs many times more memory traffic."""
+    batch = acts[0].shape[0]
+    out = model.b_dec.reshape(1, -1).repeat(batch, 1)
+    width = out.shape[1]
+    for layer, (decoder, layer_acts) in enumerate(zip(_flat_decoders(model), acts)):
+        rows, features = layer_acts.nonzero(as_tuple=True)
+        offsets = torch.searchsorted(rows, torch.arange(batch, device=rows.device))
+        writes = F.embedding_bag(features, decoder, offsets, per_sample_weights=layer_acts[rows, features],
+                                 mode="sum")
+        out[:, width - writes.shape[1]:] += writes
+    return out.view(batch, model.n_layers, -1)
+
+
 @torch.no_grad()
 def calibrate_cross_layer_thresholds(model: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor,
-                                     chunk: int = 2048) -> dict:
+                                     chunk: int = 1024) -> dict:
     """JumpReLU thresholds for a TopK-trained CLT from calibration tokens (x, y: [N, n, d]): per
     layer the firing-rate-keeping `base_thresholds`, then one common factor from
     `THRESHOLD_SCALES`, the lowest mean FVU whose mean L0 stays within `L0_SLACK` of TopK's."""
@@ -248,30 +264,25 @@ def calibrate_cross_layer_thresholds(model: CrossLayerTranscoder, x: torch.Tenso
         base.append(base_thresholds(pre, counts[-1]))
     base, counts = torch.stack(base), torch.stack(counts)
     topk_l0 = float(counts.sum()) / n / model.n_layers
+    thresholds = {factor: torch.where(counts == 0, base, base * factor) for factor in THRESHOLD_SCALES}
     sums = {factor: {"error": torch.zeros(model.n_layers, dtype=torch.float64), "active": 0.0}
             for factor in THRESHOLD_SCALES}
     topk_error = torch.zeros(model.n_layers, dtype=torch.float64)
-    decoders = _flat_decoders(model)
     for start in range(0, n, chunk):
         xs, ys = x[start:start + chunk], y[start:start + chunk]
         pres = [model.pre_activations(layer, xs[:, layer]) for layer in model.layers]
         _, y_topk = sparse_forward(model, xs)
         topk_error += (ys - y_topk).double().pow(2).sum((0, 2))
-        for factor in THRESHOLD_SCALES:
-            y_hat = model.b_dec.expand(len(xs), -1, -1)
-            for layer, pre in enumerate(pres):
-                threshold = torch.where(counts[layer] == 0, base[layer], base[layer] * factor)
-                acts = (pre * (pre > threshold)).to_sparse()
-                sums[factor]["active"] += float(acts.values().numel())
-                writes = torch.sparse.mm(acts, decoders[layer]).view(len(xs), model.n_layers - layer, -1)
-                y_hat = y_hat + F.pad(writes, (0, 0, layer, 0))
-            sums[factor]["error"] += (ys - y_hat).double().pow(2).sum((0, 2))
+        for factor, threshold in thresholds.items():
+            acts = [pre * (pre > threshold[layer]) for layer, pre in enumerate(pres)]
+            sums[factor]["active"] += float(sum((a > 0).sum() for a in acts))
+            sums[factor]["error"] += (ys - _decode_sparse(model, acts)).double().pow(2).sum((0, 2))
     variance = (y - y.mean(0)).double().pow(2).sum((0, 2)).clamp_min(1e-12)
     candidates = [{"factor": f, "l0": s["active"] / n / model.n_layers,
                    "fvu": float((s["error"] / variance).mean())} for f, s in sums.items()]
     allowed = [c for c in candidates if c["l0"] <= L0_SLACK * topk_l0] or [min(candidates, key=lambda c: c["l0"])]
     best = min(allowed, key=lambda c: c["fvu"])
-    model.threshold.copy_(torch.where(counts == 0, base, base * best["factor"]))
+    model.threshold.copy_(thresholds[best["factor"]])
     return {"calibration_tokens": n, "features_never_picked": int((counts == 0).sum()),
             "topk_l0_on_calibration": topk_l0, "topk_fvu_on_calibration": float((topk_error / variance).mean()),
             "threshold_factor": best["factor"], "jumprelu_l0_on_calibration": best["l0"],

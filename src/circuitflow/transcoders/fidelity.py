@@ -15,6 +15,9 @@ Two measurements, both on the validation split (training reads the train split o
   each transcoder reading the already-replaced stream: the replacement model that
   circuit-tracer traces, without its error nodes.
 
+A cross-layer transcoder is measured the same way: its prediction of layer j reads the MLP
+inputs of every layer up to j in the same pass (`circuitflow.transcoders.replacement`).
+
 Position 0 keeps its real MLP output in every variant: circuit-tracer never attributes it and
 the transcoders were not trained on it (see `circuitflow.model.hooks`). Its prediction is the
 same in every variant, so losses are averaged over the predictions made at positions 1..T-2.

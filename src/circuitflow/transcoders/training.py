@@ -28,6 +28,7 @@ from circuitflow.activations.shards import ActivationShard
 from circuitflow.config import TrainingSettings, TrainTranscoderSettings
 from circuitflow.io import atomic_path, write_json
 from circuitflow.logs import Progress, pick_device
+from circuitflow.transcoders.jumprelu_ste import L0Controller, initial_thresholds, jumprelu_ste
 from circuitflow.transcoders.single_layer import ReluTopK, Transcoder, save_transcoder
 
 log = logging.getLogger("circuitflow.transcoders")
@@ -285,6 +286,13 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
     scale_x, scale_y = centred_rms(first_x), centred_rms(first_y)
     first_x, first_y = (first_x / scale_x).to(device), (first_y / scale_y).to(device)
     _init_from_data(model, first_x.cpu(), first_y.cpu(), generator)
+    # jumprelu trained with straight-through threshold gradients instead of TopK + calibration
+    ste = architecture.activation == "jumprelu" and settings.jumprelu_training == "ste"
+    topk_trained = architecture.activation in TOPK_TRAINED and not ste
+    controller = L0Controller(architecture.k) if ste else None
+    if ste:
+        with torch.no_grad():
+            model.threshold.copy_(initial_thresholds(model.pre_activations(first_x.cpu()), architecture.k))
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings))
@@ -293,7 +301,8 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
     checkpoint = Checkpoint(Path(out_weights).parent / "checkpoints" / f"layer_{layer}.pt",
                             training_fingerprint([shard], architecture, settings, layer))
     resample_generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + layer + 1)
-    start_step = checkpoint.restore(model, optimizer, scheduler, tokens_since_fired, curve, resample_generator)
+    start_step = checkpoint.restore(model, optimizer, scheduler, tokens_since_fired, curve, resample_generator,
+                                    controller)
     for _ in range(max(start_step - 1, 0)):  # the stream is seeded: replaying it skips the seen batches
         next(stream)
     progress = Progress(log, f"train_transcoder layer {layer}", settings.steps, "steps", settings.log_every_s)
@@ -304,7 +313,14 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
         if step:
             x, y = next(stream)
             x, y = (x / scale_x).to(device), (y / scale_y).to(device)
-        if architecture.activation in TOPK_TRAINED:
+        if ste:
+            acts, l0_per_token = jumprelu_ste(model.pre_activations(x), model.threshold, settings.ste_bandwidth)
+            y_hat = model.decode(acts, x)
+            loss_fvu = fvu(y, y_hat)
+            fired = (acts > 0).any(0)
+            aux = l0_per_token.mean()  # logged as the curve's "aux": the L0 that the penalty holds near k
+            loss = loss_fvu + controller.coefficient * aux / architecture.k
+        elif topk_trained:
             pre, indices, acts, y_hat = topk_forward(model, x, bf16=device.type == "cuda")
             loss_fvu = fvu(y, y_hat)
             fired = torch.zeros(architecture.n_features, dtype=torch.bool, device=device)
@@ -331,12 +347,18 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
         scheduler.step()
         with torch.no_grad():
             model.W_dec.copy_(F.normalize(model.W_dec, dim=-1))
+            if ste:
+                model.threshold.clamp_(min=0)
+                controller.update(float(aux))
         done = step + 1
         resampled = 0
         if (architecture.activation in TOPK_TRAINED and settings.resample_every and done % settings.resample_every == 0
                 and done <= settings.resample_until_fraction * settings.steps):
             silent = tokens_since_fired >= settings.resample_every * settings.batch_size
             resampled = resample_dead_latents(model, optimizer, x, y, silent, resample_generator)
+            if ste and resampled:
+                with torch.no_grad():  # a restarted latent fires where it was restarted, like a typical one
+                    model.threshold[silent] = model.threshold[~silent].median() if (~silent).any() else 0.0
             tokens_since_fired[silent] = 0
         if step % max(settings.steps // 20, 1) == 0 or step == settings.steps - 1 or resampled:
             curve.append({"step": step, "fvu": float(loss_fvu.detach()), "aux": float(aux.detach()),
@@ -344,11 +366,12 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
                           **({"resampled": resampled} if resampled else {})})
         progress.update(1)
         if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps:
-            checkpoint.save(done, model, optimizer, scheduler, tokens_since_fired, curve, resample_generator)
+            checkpoint.save(done, model, optimizer, scheduler, tokens_since_fired, curve, resample_generator,
+                            controller)
 
     loop_seconds = time.perf_counter() - loop_started
     calibration = {}
-    if architecture.activation == "jumprelu":
+    if architecture.activation == "jumprelu" and not ste:
         calibration = calibrate_thresholds(model, *take_tokens(stream, settings.calibration_tokens, scale_x,
                                                                 scale_y, device))
     _fold_scales(model, scale_x, scale_y)
@@ -358,6 +381,8 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
         "layer": layer,
         **evaluate(model, eval_x, eval_y),
         **({"calibration": calibration} if calibration else {}),
+        **({"ste": {"bandwidth": settings.ste_bandwidth, "final_l0_coefficient": controller.coefficient}}
+           if ste else {}),
         "dead_fraction": float((tokens_since_fired >= settings.dead_tokens).float().mean()),
         "dead_definition": f"no activation in the last {settings.dead_tokens} training tokens",
         "eval_tokens": int(eval_x.shape[0]),
@@ -402,15 +427,17 @@ class Checkpoint:
         self.path = Path(path)
         self.fingerprint = fingerprint
 
-    def save(self, step: int, model, optimizer, scheduler, tokens_since_fired, curve, generator) -> None:
+    def save(self, step: int, model, optimizer, scheduler, tokens_since_fired, curve, generator,
+             controller=None) -> None:
         state = {"fingerprint": self.fingerprint, "step": step, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "tokens_since_fired": tokens_since_fired, "curve": curve, "generator": generator.get_state()}
+                 "tokens_since_fired": tokens_since_fired, "curve": curve, "generator": generator.get_state(),
+                 "controller": controller.state_dict() if controller is not None else None}
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
         log.info("checkpoint after step %d: %s", step, self.path)
 
-    def restore(self, model, optimizer, scheduler, tokens_since_fired, curve, generator) -> int:
+    def restore(self, model, optimizer, scheduler, tokens_since_fired, curve, generator, controller=None) -> int:
         """The step to start from: 0, or the one after the last checkpoint of this same run."""
         if not self.path.is_file():
             return 0
@@ -428,6 +455,8 @@ class Checkpoint:
         tokens_since_fired.copy_(state["tokens_since_fired"])
         curve.extend(state["curve"])
         generator.set_state(state["generator"])
+        if controller is not None:
+            controller.load_state_dict(state["controller"])
         log.info("resuming from the checkpoint after step %d: %s", state["step"], self.path)
         return int(state["step"])
 

@@ -152,8 +152,9 @@ def test_files_from_another_clt_are_refused(clt_set, tmp_path, tiny_model_dir):
     _train(other, shards, steps=3)
     mixed = tmp_path / "mixed"
     shutil.copytree(folder, mixed)
-    shutil.copy(other / "W_dec_1.safetensors", mixed / "W_dec_1.safetensors")  # same shapes, other CLT
-    with pytest.raises(TranscoderSetError, match=r"W_dec_1.safetensors belongs to another cross-layer transcoder"):
+    # layer 1's thresholds (in its encoder file) from another CLT of the same shapes
+    shutil.copy(other / "W_enc_1.safetensors", mixed / "W_enc_1.safetensors")
+    with pytest.raises(TranscoderSetError, match=r"W_enc_1.safetensors belongs to another cross-layer transcoder"):
         read_transcoder_set(mixed / "config.yaml")
     with pytest.raises(TranscoderSetError, match="another cross-layer transcoder"):
         write_transcoder_set(tiny_model_dir, [], mixed / "config.yaml", SET_SETTINGS)

@@ -304,8 +304,8 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
 
 @pytest.mark.slow
 def test_cross_layer_workflow(tmp_path, tiny_llama_source, tiny_corpus):
-    """transcoder.kind clt on the tiny model: one CLT job, then fidelity, features, packing and
-    graphs exactly as for a per-layer set."""
+    """transcoder.kind clt on the tiny model: one CLT job, then fidelity, features, packing,
+    the judge and the served graphs exactly as for a per-layer set."""
     copy_workflow(tmp_path)
     write_config(tmp_path / "clt.yaml", tiny_config(tmp_path, tiny_llama_source, tiny_corpus, transcoder={
         "kind": "clt", "activation": "jumprelu", "skip_connection": False}))
@@ -332,6 +332,10 @@ def test_cross_layer_workflow(tmp_path, tiny_llama_source, tiny_corpus):
     assert (results / "features/packed/index.json.gz").is_file()
     assert "Nothing to be done" in snakemake(tmp_path, "-n", "transcoders", *graph_files,
                                              "--configfile", "clt.yaml").stdout
+    snakemake(tmp_path, "--cores", "2", "results/graphs/", "--configfile", "clt.yaml")
+    graphs = tmp_path / "results" / "graphs"
+    check_served_like_a_user(graphs, "france-capital")
+    check_labels(results / "interp/features", graphs)
 
 
 @pytest.mark.slow

@@ -43,18 +43,18 @@ def training_figures(run: Path) -> dict:
                 "seconds_per_step": metrics["seconds_per_step"], "peak_rss_gb": metrics["peak_rss_gb"],
                 "jobs": 1}
     layers = [json.loads(p.read_text()) for p in sorted(folder.glob("layer_*.metrics.json"))]
-    d_model, n = _shape(folder)
-    per_layer = 2 * n * d_model + n + d_model + d_model * d_model  # W_enc, W_dec, biases, W_skip
+    d_model, n, skip = _shape(folder)
+    per_layer = 2 * n * d_model + n + d_model + (d_model * d_model if skip else 0)  # W_enc, W_dec, biases, W_skip
     return {"kind": "plt", "parameters": per_layer * len(layers), "train_seconds": sum(m["seconds"] for m in layers),
             "seconds_per_step": sum(m["seconds"] / m["steps"] for m in layers), "peak_rss_gb": None,
             "jobs": len(layers)}
 
 
-def _shape(folder: Path) -> tuple[int, int]:
+def _shape(folder: Path) -> tuple[int, int, bool]:
     import yaml
 
     config = yaml.safe_load((folder / "config.yaml").read_text())
-    return int(config["d_model"]), int(config["n_features"])
+    return int(config["d_model"]), int(config["n_features"]), bool(config["skip_connection"])
 
 
 def fidelity_figures(run: Path) -> dict:

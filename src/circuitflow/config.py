@@ -104,6 +104,24 @@ def describe_invalid(config: dict) -> str:
     return f"invalid config at {where}: {error.message}{allowed} [schema: {SCHEMA_PATH.name}]"
 
 
+def check_cross_layer(layers, activation: str, skip_connection: bool, jumprelu_training: str) -> None:
+    """What transcoder.kind clt needs of the other keys (at parse time and before training)."""
+    layers = list(layers)
+    if layers != list(range(len(layers))) or not layers:
+        raise ConfigError(f"transcoder.kind clt needs activations.layers contiguous from layer 0 (circuit-tracer's "
+                          f"CLT files are numbered 0..n-1), not {layers}; use 'all' or [0, 1, ..., m]")
+    if activation != "jumprelu":
+        raise ConfigError(f"transcoder.kind clt needs transcoder.activation: jumprelu, not {activation!r} (a CLT "
+                          "is trained as TopK and saved with JumpReLU thresholds, the only sparse activation "
+                          "circuit-tracer's load_clt reads); see config/clt.yaml")
+    if jumprelu_training != "calibrated":
+        raise ConfigError("transcoder.kind clt supports transcoder.jumprelu_training: calibrated only (TopK "
+                          "training, then per-feature thresholds); straight-through training is per-layer only")
+    if skip_connection:
+        raise ConfigError("transcoder.kind clt needs transcoder.skip_connection: false (circuit-tracer's load_clt "
+                          "never loads a skip path); see config/clt.yaml")
+
+
 # --------------------------------------------------------------------------- per-rule settings
 
 

@@ -17,6 +17,7 @@ from circuitflow.config import (
     WorkflowSettings,
     as_params,
     build,
+    check_cross_layer,
     config_value,
     settings_for,
 )
@@ -84,7 +85,8 @@ def plan_workflow(config: dict) -> WorkflowPlan:
                           "keeps every latent is not sparse): lower k or add features")
     kind = config_value(config, "transcoder.kind")
     if kind == "clt":
-        _check_cross_layer_config(config, layers)
+        check_cross_layer(layers, *(config_value(config, f"transcoder.{key}")
+                                    for key in ("activation", "skip_connection", "jumprelu_training")))
     context = config_value(config, "dataset.context_length")
     if facts is not None and facts.context_length is not None and context > facts.context_length:
         raise ConfigError(f"dataset.context_length {context} exceeds the model's context of "
@@ -93,20 +95,6 @@ def plan_workflow(config: dict) -> WorkflowPlan:
     prompts = discover_prompts(prompt_settings.prompts_dir, prompt_settings.prompts)
     return WorkflowPlan(settings.run, f"results/{settings.run}", model_folder(config), n_layers, layers, kind,
                         feature_layers, interp_layers, prompts)
-
-
-def _check_cross_layer_config(config: dict, layers: tuple[int, ...]) -> None:
-    if layers != tuple(range(len(layers))):
-        raise ConfigError(f"transcoder.kind clt needs activations.layers contiguous from layer 0 (circuit-tracer's "
-                          f"CLT files are numbered 0..n-1), not {list(layers)}; use 'all' or [0, 1, ..., m]")
-    activation = config_value(config, "transcoder.activation")
-    if activation != "jumprelu":
-        raise ConfigError(f"transcoder.kind clt needs transcoder.activation: jumprelu, not {activation!r} (a CLT "
-                          "is trained as TopK and saved with JumpReLU thresholds, the only sparse activation "
-                          "circuit-tracer's load_clt reads); see config/clt.yaml")
-    if config_value(config, "transcoder.skip_connection"):
-        raise ConfigError("transcoder.kind clt needs transcoder.skip_connection: false (circuit-tracer's load_clt "
-                          "never loads a skip path); see config/clt.yaml")
 
 
 def transcoder_files(plan: WorkflowPlan) -> dict[str, list[str]]:

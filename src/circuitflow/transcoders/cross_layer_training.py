@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from circuitflow.activations.shards import ActivationShard
-from circuitflow.config import TrainCrossLayerTranscoderSettings
+from circuitflow.config import TrainCrossLayerTranscoderSettings, check_cross_layer
 from circuitflow.io import write_json
 from circuitflow.logs import Progress, pick_device
 from circuitflow.transcoders.cross_layer import CrossLayerTranscoder, save_cross_layer_transcoder
@@ -47,24 +47,6 @@ from circuitflow.transcoders.training import (
 )
 
 log = logging.getLogger("circuitflow.transcoders")
-
-
-def check_cross_layer_request(layers, architecture) -> None:
-    """What a CLT needs of the config; raises ValueError naming the key."""
-    layers = tuple(layers)
-    if layers != tuple(range(len(layers))) or not layers:
-        raise ValueError(f"transcoder.kind clt needs activations.layers contiguous from layer 0 (circuit-tracer's "
-                         f"CLT layout numbers its files 0..n-1), not {list(layers)}; use 'all' or [0, 1, ..., m]")
-    if architecture.activation != "jumprelu":
-        raise ValueError(f"transcoder.kind clt needs transcoder.activation: jumprelu, not "
-                         f"{architecture.activation!r} (it is trained as TopK and saved with JumpReLU thresholds, "
-                         "the only sparse activation circuit-tracer's load_clt reads)")
-    if architecture.skip_connection:
-        raise ValueError("transcoder.kind clt needs transcoder.skip_connection: false (circuit-tracer's load_clt "
-                         "never loads a skip path)")
-    if not 0 < architecture.k < architecture.n_features:
-        raise ValueError(f"transcoder.k {architecture.k} must be in 1..{architecture.n_features - 1} "
-                         f"(below transcoder.n_features {architecture.n_features})")
 
 
 def _aligned_shards(paths) -> list[ActivationShard]:
@@ -341,7 +323,10 @@ def train_cross_layer_transcoder(shard_paths, out_dir: str | Path, out_metrics: 
     its files into `out_dir` and its metrics."""
     architecture, layers = settings.architecture, settings.layers
     training = dataclasses.replace(settings.training, device=pick_device(settings.training.device))
-    check_cross_layer_request(layers, architecture)
+    check_cross_layer(layers, architecture.activation, architecture.skip_connection, training.jumprelu_training)
+    if not 0 < architecture.k < architecture.n_features:
+        raise ValueError(f"transcoder.k {architecture.k} must be in 1..{architecture.n_features - 1} "
+                         f"(below transcoder.n_features {architecture.n_features})")
     if len(shard_paths) != len(layers):
         raise ValueError(f"{len(shard_paths)} activation shards given for layers {list(layers)}")
     started = time.perf_counter()

@@ -65,9 +65,10 @@ def initial_thresholds(pre: torch.Tensor, k: int) -> torch.Tensor:
 
 class L0Controller:
     """The L0 penalty's coefficient, raised while L0 is above `target` and lowered below it
-    (multiplicatively, by at most `rate` per step)."""
+    (multiplicatively, by at most `rate` per step; on SmolLM2 with k = 32, rate 0.05 let L0 end
+    at 39-42, rate 0.2 at 34-37)."""
 
-    def __init__(self, target: float, coefficient: float = 0.1, rate: float = 0.05):
+    def __init__(self, target: float, coefficient: float = 0.1, rate: float = 0.2):
         self.target, self.coefficient, self.rate = target, coefficient, rate
 
     def update(self, l0: float) -> None:

@@ -93,6 +93,21 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return out
 
 
+def tiny_shards(tmp: Path, model_dir: Path, corpus: Path) -> list[str]:
+    """The tiny model's dataset (4,000 train tokens) and both layers' activation shards, in `tmp`."""
+    from circuitflow.activations import cache_activations
+    from circuitflow.config import CacheActivationsSettings
+    from circuitflow.config import PrepareDatasetSettings as DatasetSettings
+    from circuitflow.data import prepare_dataset
+
+    prepare_dataset(model_dir, tmp / "train.parquet", tmp / "validation.parquet", tmp / "summary.json",
+                    DatasetSettings(source=str(corpus), context_length=32, train_tokens=4000, validation_tokens=300))
+    shards = [str(tmp / f"layer_{layer}.parquet") for layer in (0, 1)]
+    cache_activations(model_dir, tmp / "train.parquet", shards, tmp / "manifest.json",
+                      CacheActivationsSettings(layers=(0, 1), batch_size=8, row_group_tokens=512, device="cpu"))
+    return shards
+
+
 def tiny_config(tmp: Path, model_source: Path, corpus: Path, **overrides) -> dict:
     """A workflow config for the tiny model: the full DAG runs in well under a minute."""
     prompts = tmp / "prompts"

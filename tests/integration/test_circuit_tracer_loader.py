@@ -11,13 +11,11 @@ import pytest
 import torch
 import yaml
 
-from circuitflow.activations import cache_activations
 from circuitflow.attribution.attribute import load_replacement_model
-from circuitflow.config import CacheActivationsSettings, TrainingSettings, TrainTranscoderSettings
-from circuitflow.config import PrepareDatasetSettings as DatasetSettings
-from circuitflow.config import TranscoderArchitecture, WriteTranscoderSetSettings
-from circuitflow.data import prepare_dataset
+from circuitflow.config import TrainingSettings, TrainTranscoderSettings, TranscoderArchitecture, WriteTranscoderSetSettings
 from circuitflow.transcoders import train_transcoder, write_transcoder_set
+
+from ..conftest import tiny_shards
 
 PROMPT = "The capital of France is"
 JUMPRELU = TranscoderArchitecture(activation="jumprelu", n_features=96, k=6, skip_connection=True)
@@ -27,12 +25,7 @@ JUMPRELU = TranscoderArchitecture(activation="jumprelu", n_features=96, k=6, ski
 def jumprelu_set(tmp_path_factory, tiny_model_dir, tiny_corpus):
     """A trained JumpReLU set for both layers of the tiny model, in a folder named `tc`."""
     tmp = tmp_path_factory.mktemp("ct-loader")
-    prepare_dataset(tiny_model_dir, tmp / "train.parquet", tmp / "validation.parquet", tmp / "summary.json",
-                    DatasetSettings(source=str(tiny_corpus), context_length=32, train_tokens=4000,
-                                    validation_tokens=300))
-    shards = [str(tmp / f"layer_{layer}.parquet") for layer in (0, 1)]
-    cache_activations(tiny_model_dir, tmp / "train.parquet", shards, tmp / "manifest.json",
-                      CacheActivationsSettings(layers=(0, 1), batch_size=8, row_group_tokens=512, device="cpu"))
+    shards = tiny_shards(tmp, tiny_model_dir, tiny_corpus)
     folder = tmp / "tc"
     settings = TrainTranscoderSettings(architecture=JUMPRELU, training=TrainingSettings(
         steps=40, batch_size=256, warmup_steps=4, eval_tokens=256, calibration_tokens=1024, device="cpu"))

@@ -12,18 +12,14 @@ import pytest
 import torch
 import yaml
 
-from circuitflow.activations import cache_activations
 from circuitflow.attribution.attribute import load_replacement_model
 from circuitflow.config import (
-    CacheActivationsSettings,
     EvaluateTranscodersSettings,
     TrainCrossLayerTranscoderSettings,
     TrainingSettings,
     TranscoderArchitecture,
     WriteTranscoderSetSettings,
 )
-from circuitflow.config import PrepareDatasetSettings as DatasetSettings
-from circuitflow.data import prepare_dataset
 from circuitflow.model import load_model
 from circuitflow.transcoders import (
     TranscoderSetError,
@@ -34,6 +30,7 @@ from circuitflow.transcoders import (
     write_transcoder_set,
 )
 
+from ..conftest import tiny_shards
 from .test_circuit_tracer_loader import PROMPT, assert_same_graph, attribute_graph
 
 CLT = TranscoderArchitecture(activation="jumprelu", n_features=64, k=6, skip_connection=False)
@@ -51,12 +48,7 @@ def _train(tmp, shards, steps=40):
 def clt_set(tmp_path_factory, tiny_model_dir, tiny_corpus):
     """A trained CLT over both layers of the tiny model, with its set config, in a folder `tc`."""
     tmp = tmp_path_factory.mktemp("clt")
-    prepare_dataset(tiny_model_dir, tmp / "train.parquet", tmp / "validation.parquet", tmp / "summary.json",
-                    DatasetSettings(source=str(tiny_corpus), context_length=32, train_tokens=4000,
-                                    validation_tokens=300))
-    shards = [str(tmp / f"layer_{layer}.parquet") for layer in (0, 1)]
-    cache_activations(tiny_model_dir, tmp / "train.parquet", shards, tmp / "manifest.json",
-                      CacheActivationsSettings(layers=(0, 1), batch_size=8, row_group_tokens=512, device="cpu"))
+    shards = tiny_shards(tmp, tiny_model_dir, tiny_corpus)
     folder = tmp / "tc"
     metrics = _train(folder, shards)
     write_transcoder_set(tiny_model_dir, [], folder / "config.yaml", SET_SETTINGS)

@@ -42,6 +42,9 @@ from circuitflow.transcoders.training import (
     centred_rms,
     fvu,
     lr_factor,
+    record_curve,
+    resample_due,
+    take_tokens,
     topk_counts,
     training_fingerprint,
 )
@@ -306,17 +309,6 @@ def _fold_scales(model: CrossLayerTranscoder, scale_x: torch.Tensor, scale_y: to
     model.b_dec.mul_(scale_y[:, None])
 
 
-def take_lockstep_tokens(stream, n_tokens: int, scale_x, scale_y, device):
-    xs, ys, have = [], [], 0
-    while have < n_tokens:
-        x, y = next(stream)
-        xs.append(x)
-        ys.append(y)
-        have += len(x)
-    return ((torch.cat(xs)[:n_tokens] / scale_x[:, None]).to(device),
-            (torch.cat(ys)[:n_tokens] / scale_y[:, None]).to(device))
-
-
 def train_cross_layer_transcoder(shard_paths, out_dir: str | Path, out_metrics: str | Path,
                                  settings: TrainCrossLayerTranscoderSettings) -> dict:
     """Train one CLT over `settings.layers` (0..n-1) from their shards (in that order); write
@@ -387,15 +379,11 @@ def train_cross_layer_transcoder(shard_paths, out_dir: str | Path, out_metrics: 
         _constrain_decoders(model, gradients=False)
         done = step + 1
         resampled = 0
-        if (training.resample_every and done % training.resample_every == 0
-                and done <= training.resample_until_fraction * training.steps):
+        if resample_due(done, training):
             silent = tokens_since_fired >= training.resample_every * training.batch_size
             resampled = _resample(model, optimizer, x, y, silent, resample_generator)
             tokens_since_fired[silent] = 0
-        if step % max(training.steps // 20, 1) == 0 or step == training.steps - 1 or resampled:
-            curve.append({"step": step, "fvu": float(loss_fvu.detach()), "aux": float(aux.detach()),
-                          "dead": int((tokens_since_fired >= training.dead_tokens).sum()),
-                          **({"resampled": resampled} if resampled else {})})
+        record_curve(curve, step, training, loss_fvu, aux, tokens_since_fired, resampled)
         progress.update(1)
         if training.checkpoint_every and done % training.checkpoint_every == 0 and done < training.steps:
             checkpoint.save(done, model, optimizer, scheduler, tokens_since_fired, curve, resample_generator)
@@ -403,8 +391,8 @@ def train_cross_layer_transcoder(shard_paths, out_dir: str | Path, out_metrics: 
 
     saved = CrossLayerTranscoder(n_layers, d_model, architecture).to(device)
     saved.load_state_dict(model.state_dict(), strict=False)  # the same weights, plus thresholds
-    calibration = calibrate_cross_layer_thresholds(saved, *take_lockstep_tokens(
-        stream, training.calibration_tokens, scale_x, scale_y, device))
+    calibration = calibrate_cross_layer_thresholds(saved, *take_tokens(
+        stream, training.calibration_tokens, scale_x[:, None], scale_y[:, None], device))
     _fold_scales(saved, scale_x.to(device), scale_y.to(device))
     _fold_scales(model, scale_x.to(device), scale_y.to(device))
     calibration["topk_before_calibration"] = evaluate_cross_layer(model, eval_x, eval_y, topk=True)

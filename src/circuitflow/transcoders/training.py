@@ -7,7 +7,9 @@ rows kept at unit norm (with the parallel gradient component removed), ``b_dec``
 to the mean MLP output and ``b_enc`` centring the mean input; silent latents are restarted on
 badly reconstructed tokens (`resample_dead_latents`), and checkpoints make a run resumable
 (`Checkpoint`). A JumpReLU transcoder is trained as TopK, then given per-feature thresholds
-(`calibrate_thresholds`), so circuit-tracer's own loader reads it. The architecture and the
+(`calibrate_thresholds`), or, with ``jumprelu_training: ste``, trained directly with
+straight-through threshold gradients (`circuitflow.transcoders.jumprelu_ste`); either way
+circuit-tracer's own loader reads it. The architecture and the
 training settings arrive separately (`TrainTranscoderSettings`), as in sparsify.
 """
 
@@ -206,6 +208,22 @@ def base_thresholds(pre: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return torch.where(counts >= n, torch.zeros_like(base), base).clamp_min(0)
 
 
+def resample_due(done: int, settings: TrainingSettings) -> bool:
+    """Whether silent latents are restarted after step `done` (every `resample_every` steps
+    until `resample_until_fraction` of training)."""
+    return bool(settings.resample_every and done % settings.resample_every == 0
+                and done <= settings.resample_until_fraction * settings.steps)
+
+
+def record_curve(curve: list, step: int, settings: TrainingSettings, loss_fvu, aux, tokens_since_fired,
+                 resampled: int) -> None:
+    """Append the loss curve's point for `step`: 20 points in all, plus every resampling."""
+    if step % max(settings.steps // 20, 1) == 0 or step == settings.steps - 1 or resampled:
+        curve.append({"step": step, "fvu": float(loss_fvu.detach()), "aux": float(aux.detach()),
+                      "dead": int((tokens_since_fired >= settings.dead_tokens).sum()),
+                      **({"resampled": resampled} if resampled else {})})
+
+
 THRESHOLD_SCALES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.35, 1.5, 1.75, 2.0)
 L0_SLACK = 1.05  # a calibrated JumpReLU may fire at most 5 % more often than TopK did
 
@@ -352,18 +370,14 @@ def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path
                 controller.update(float(aux))
         done = step + 1
         resampled = 0
-        if (architecture.activation in TOPK_TRAINED and settings.resample_every and done % settings.resample_every == 0
-                and done <= settings.resample_until_fraction * settings.steps):
+        if architecture.activation in TOPK_TRAINED and resample_due(done, settings):
             silent = tokens_since_fired >= settings.resample_every * settings.batch_size
             resampled = resample_dead_latents(model, optimizer, x, y, silent, resample_generator)
             if ste and resampled:
                 with torch.no_grad():  # a restarted latent fires where it was restarted, like a typical one
                     model.threshold[silent] = model.threshold[~silent].median() if (~silent).any() else 0.0
             tokens_since_fired[silent] = 0
-        if step % max(settings.steps // 20, 1) == 0 or step == settings.steps - 1 or resampled:
-            curve.append({"step": step, "fvu": float(loss_fvu.detach()), "aux": float(aux.detach()),
-                          "dead": int((tokens_since_fired >= settings.dead_tokens).sum()),
-                          **({"resampled": resampled} if resampled else {})})
+        record_curve(curve, step, settings, loss_fvu, aux, tokens_since_fired, resampled)
         progress.update(1)
         if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps:
             checkpoint.save(done, model, optimizer, scheduler, tokens_since_fired, curve, resample_generator,
@@ -468,8 +482,9 @@ class Checkpoint:
             pass
 
 
-def take_tokens(stream, n_tokens: int, scale_x: float, scale_y: float, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The next `n_tokens` MLP inputs and outputs of the batch stream, rescaled as in training."""
+def take_tokens(stream, n_tokens: int, scale_x, scale_y, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next `n_tokens` MLP inputs and outputs of the batch stream, rescaled as in training
+    (the scales are numbers, or per-layer tensors that broadcast over a lockstep batch)."""
     xs, ys, have = [], [], 0
     while have < n_tokens:
         x, y = next(stream)

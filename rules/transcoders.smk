@@ -29,7 +29,7 @@ rule train_cross_layer_transcoder:
     input:
         shards=per_layer("activations/layer_{layer}.parquet"),
     output:
-        weights=transcoder_files(PLAN)["weights"] if PLAN.kind == "clt" else [],
+        weights=cross_layer_weights(PLAN),
         architecture=f"{RESULTS}/transcoders/clt.architecture.json",
         metrics=f"{RESULTS}/transcoders/clt.metrics.json",
     params:

@@ -97,6 +97,11 @@ def plan_workflow(config: dict) -> WorkflowPlan:
                         feature_layers, interp_layers, prompts)
 
 
+def cross_layer_weights(plan: WorkflowPlan) -> list[str]:
+    """What train_cross_layer_transcoder writes: the set's files for a clt, none otherwise."""
+    return transcoder_files(plan)["weights"] if plan.kind == "clt" else []
+
+
 def transcoder_files(plan: WorkflowPlan) -> dict[str, list[str]]:
     """The transcoder set's weights and architecture files, for either kind."""
     folder = f"{plan.results}/transcoders"

@@ -56,7 +56,6 @@ def assert_same_graph(a, b) -> None:
 
 def test_own_loader_and_cli_give_our_graph(jumprelu_set, tiny_model_dir, tmp_path):
     from circuit_tracer import ReplacementModel
-    from circuit_tracer.graph import Graph
     from circuit_tracer.utils.hf_utils import load_transcoders
 
     ours = attribute_graph(load_replacement_model(tiny_model_dir, jumprelu_set / "config.yaml", "nnsight", "cpu"))
@@ -68,13 +67,19 @@ def test_own_loader_and_cli_give_our_graph(jumprelu_set, tiny_model_dir, tmp_pat
         config["model_name"], theirs_set, backend="nnsight", device=torch.device("cpu"), dtype=torch.float32)
     assert_same_graph(attribute_graph(theirs), ours)
 
-    # The CLI finds a local set through its cache folder (CIRCUIT_TRACER_CACHE_DIR/<name>/config.yaml),
-    # and the model through the set's model_name.
+    assert_same_graph(cli_graph(jumprelu_set, tmp_path), ours)
+
+
+def cli_graph(set_folder, tmp_path):
+    """The graph of `circuit-tracer attribute` for PROMPT. The CLI finds a local set through its
+    cache folder (CIRCUIT_TRACER_CACHE_DIR/<name>/config.yaml), the model through its model_name."""
+    from circuit_tracer.graph import Graph
+
     out = tmp_path / "cli.pt"
-    env = {**os.environ, "CIRCUIT_TRACER_CACHE_DIR": str(jumprelu_set.parent), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "CIRCUIT_TRACER_CACHE_DIR": str(set_folder.parent), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "circuit_tracer", "attribute", "--prompt", PROMPT, "--transcoder_set",
-               jumprelu_set.name, "--backend", "nnsight", "--graph_output_path", str(out), "--max_n_logits", "5",
+               set_folder.name, "--backend", "nnsight", "--graph_output_path", str(out), "--max_n_logits", "5",
                "--desired_logit_prob", "0.9", "--batch_size", "64", "--max_feature_nodes", "200"]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert_same_graph(Graph.from_pt(str(out)), ours)
+    return Graph.from_pt(str(out))

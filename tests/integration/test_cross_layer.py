@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -31,7 +28,7 @@ from circuitflow.transcoders import (
 )
 
 from ..conftest import tiny_shards
-from .test_circuit_tracer_loader import PROMPT, assert_same_graph, attribute_graph
+from .test_circuit_tracer_loader import assert_same_graph, attribute_graph, cli_graph
 
 CLT = TranscoderArchitecture(activation="jumprelu", n_features=64, k=6, skip_connection=False)
 SET_SETTINGS = WriteTranscoderSetSettings(layers=(0, 1), scan="tiny-clt", kind="clt")
@@ -84,8 +81,6 @@ def test_circuit_tracer_load_clt_reads_our_files(clt_set):
 
 
 def test_attribution_matches_circuit_tracer_cli(clt_set, tiny_model_dir, tmp_path):
-    from circuit_tracer.graph import Graph
-
     folder = clt_set[0]
     from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscoder
 
@@ -95,14 +90,7 @@ def test_attribution_matches_circuit_tracer_cli(clt_set, tiny_model_dir, tmp_pat
     model = load_replacement_model(tiny_model_dir, folder / "config.yaml", "nnsight", "cpu")
     ours = attribute_graph(model)
     assert ours.active_features.shape[0] > 0
-    out = tmp_path / "cli.pt"
-    env = {**os.environ, "CIRCUIT_TRACER_CACHE_DIR": str(folder.parent), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "circuit_tracer", "attribute", "--prompt", PROMPT, "--transcoder_set",
-               folder.name, "--backend", "nnsight", "--graph_output_path", str(out), "--max_n_logits", "5",
-               "--desired_logit_prob", "0.9", "--batch_size", "64", "--max_feature_nodes", "200"]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert_same_graph(Graph.from_pt(str(out)), ours)
+    assert_same_graph(cli_graph(folder, tmp_path), ours)
 
 
 def test_fidelity_of_a_clt(clt_set, tiny_model_dir, tmp_path):

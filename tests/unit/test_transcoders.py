@@ -338,7 +338,7 @@ def test_straight_through_threshold_gradient_by_hand():
     assert torch.equal(pre.grad, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]))
 
 
-def test_jumprelu_trained_straight_through_holds_l0_near_k(tmp_path):
+def test_jumprelu_trained_straight_through_keeps_l0_at_most_k(tmp_path):
     shard = tmp_path / "layer_0.parquet"
     _write_synthetic_shard(shard, n_tokens=9000)
     training = dict(steps=300, batch_size=256, lr=1e-2, warmup_steps=10, eval_tokens=1000, dead_tokens=2000,

@@ -83,6 +83,11 @@ def write_transcoder_set(model_dir: str | Path, weights: Sequence[str | Path], o
     out_config = Path(out_config)
     facts = read_model_facts(model_dir)
     if settings.kind == "clt":
+        # a CLT's files are found beside config.yaml, where circuit-tracer's load_clt reads them
+        elsewhere = sorted(str(w) for w in weights if Path(w).resolve().parent != out_config.resolve().parent)
+        if elsewhere:
+            raise TranscoderSetError(f"cross-layer transcoder files {elsewhere} are not in {out_config.parent}, "
+                                     "where the set's config.yaml and circuit-tracer's load_clt expect them")
         return _write_cross_layer_set(model_dir, facts, out_config, settings)
     weights = keyed(settings.layers, weights, "transcoder weights files")
     try:

@@ -24,6 +24,7 @@ include: "rules/features.smk"
 include: "rules/attribution.smk"
 include: "rules/interp.smk"
 include: "rules/graphs.smk"
+include: "rules/hub.smk"
 
 
 rule all:
@@ -65,3 +66,12 @@ rule interp:
         expand(f"{INTERP}/{{kind}}/{{name}}", kind=INTERP_KINDS,
                name=["feature_classifications.json", "autointerp.json", "scores.json"]),
         rules.compare_explanations.output,
+
+
+# Publish the run to hub.repo_id (needs HF_TOKEN): the staged repo, one commit (none when
+# nothing changed) with its receipt, and results/graphs-hub/ whose graphs read that repo.
+rule hub:
+    localrule: True
+    input:
+        rules.upload_to_hub.output.receipt,
+        rules.assemble_hub_graphs.output,

@@ -2,6 +2,7 @@
 from circuitflow.workflow import (
     cross_layer_weights,
     dataset_files,
+    hub_repo_inputs as _hub_repo_inputs,
     plan_workflow,
     prompt_files,
     prompt_param,
@@ -60,3 +61,16 @@ def transcoders_for_interp(wildcards):
     if wildcards.kind != "features":
         return []
     return [TRANSCODER_SET, *TRANSCODER_WEIGHTS]
+
+
+def hub_repo_inputs(wildcards):
+    """What the published repo holds (fails naming hub.repo_id or hub.base_model when unset)."""
+    return _hub_repo_inputs(config, PLAN)
+
+
+def hub_token_check(wildcards):
+    """No input: refuses to build the DAG when no Hugging Face token is available, before any job."""
+    from circuitflow.hub import require_token
+
+    require_token()
+    return []

@@ -354,6 +354,41 @@ class ScoreExplanationsSettings:
     device: str = knob("device")
 
 
+
+@dataclass(frozen=True)
+class HubSettings:
+    """Parse-time view of publishing: whether it is configured and what it needs as inputs."""
+
+    repo_id: str | None = knob("hub.repo_id")
+    base_model: str | None = knob("hub.base_model")
+    revision: str = knob("hub.revision")
+    include_interp: bool = knob("hub.include_interp")
+
+
+@dataclass(frozen=True)
+class StageHubRepoSettings:
+    run: str = knob("run")
+    model_source: str = knob("model.source")
+    base_model: str | None = derived("hub.base_model, or model.source when that is a hub id",
+                                     resolves="hub.base_model")
+    repo_id: str | None = knob("hub.repo_id")
+    revision: str = knob("hub.revision")
+    license: str | None = knob("hub.license")
+
+
+@dataclass(frozen=True)
+class UploadToHubSettings:
+    commit_message: str = derived("hub.commit_message, or 'circuitflow: publish run <run>'",
+                                  resolves="hub.commit_message")
+    repo_id: str | None = knob("hub.repo_id")
+    revision: str = knob("hub.revision")
+    private: bool = knob("hub.private")
+
+
+@dataclass(frozen=True)
+class AssembleHubGraphsSettings:
+    scan: str | None = derived("hub.repo_id, with @<revision> unless the revision is main")
+
 # Rules whose script receives settings, and the class it receives.
 RULE_SETTINGS: dict[str, type] = {
     "prepare_model": PrepareModelSettings,
@@ -370,9 +405,12 @@ RULE_SETTINGS: dict[str, type] = {
     "classify_features": ClassifyFeaturesSettings,
     "explain_features": ExplainFeaturesSettings,
     "score_explanations": ScoreExplanationsSettings,
+    "stage_hub_repo": StageHubRepoSettings,
+    "upload_to_hub": UploadToHubSettings,
+    "assemble_hub_graphs": AssembleHubGraphsSettings,
 }
 # Settings read at parse time only (no rule receives them).
-PARSE_TIME_SETTINGS: tuple[type, ...] = (WorkflowSettings, PromptSettings)
+PARSE_TIME_SETTINGS: tuple[type, ...] = (WorkflowSettings, PromptSettings, HubSettings)
 
 
 # --------------------------------------------------------------------------- mapping

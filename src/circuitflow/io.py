@@ -61,6 +61,19 @@ def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> No
         tmp.write_text(json.dumps(data, indent=indent, allow_nan=False) + "\n", encoding="utf-8")
 
 
+def relative_paths(value: Any, root: str | os.PathLike) -> Any:
+    """`value` with every absolute path under `root` made relative to it (recursively), for
+    files that are shared: they should not carry the publisher's folders."""
+    root = str(root)
+    if isinstance(value, dict):
+        return {key: relative_paths(item, root) for key, item in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(item, root) for item in value]
+    if isinstance(value, str) and value.startswith(f"{root}{os.sep}"):
+        return value[len(root) + 1:]
+    return value
+
+
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from circuitflow.config import (
     ConfigError,
+    HubSettings,
     PromptSettings,
     WorkflowSettings,
     as_params,
@@ -115,6 +116,7 @@ def transcoder_files(plan: WorkflowPlan) -> dict[str, list[str]]:
 
 def rule_params(rule: str, config: dict, plan: WorkflowPlan) -> dict:
     """The settings of `rule` as plain data for its `params` (derived fields from the plan)."""
+    hub = build(HubSettings, config)
     derived = {
         "cache_activations": {"layers": plan.layers},
         "train_cross_layer_transcoder": {"layers": plan.layers},
@@ -123,6 +125,10 @@ def rule_params(rule: str, config: dict, plan: WorkflowPlan) -> dict:
         "collect_features": {"layers": plan.feature_layers, "source_id": f"{plan.run}-transcoders"},
         "collect_neurons": {"layers": plan.feature_layers, "source_id": f"{plan.run}-neurons"},
         "select_features": {"sample_layers": plan.interp_layers},
+        "stage_hub_repo": {"base_model": hub_base_model(config)},
+        "upload_to_hub": {"commit_message": config_value(config, "hub.commit_message")
+                          or f"circuitflow: publish run {plan.run}"},
+        "assemble_hub_graphs": {"scan": hub_scan(hub)},
     }.get(rule, {})
     return as_params(settings_for(rule, config, **derived))
 
@@ -153,3 +159,60 @@ def require_complete_set(plan: WorkflowPlan) -> None:
             f"attribution graphs need a transcoder for every layer, but activations.layers leaves out "
             f"layer(s) {missing} of the model's {plan.n_layers}; set activations.layers: all, or build "
             "only the targets `transcoders` and `features`")
+
+
+def hub_base_model(config: dict) -> str | None:
+    """The hub id the transcoders belong to: hub.base_model, else model.source if it is one."""
+    base_model = config_value(config, "hub.base_model")
+    if base_model is not None:
+        return base_model
+    source = resolve_source(config_value(config, "model.source"), config_value(config, "model.revision"))
+    return source.location if source.kind == "hub" else None
+
+
+def hub_scan(hub: HubSettings) -> str | None:
+    """circuit-tracer's scan for a hub repo: 'owner/name', or 'owner/name@revision' off main
+    (what its loader and frontend both read)."""
+    if hub.repo_id is None:
+        return None
+    return hub.repo_id if hub.revision == "main" else f"{hub.repo_id}@{hub.revision}"
+
+
+def require_hub(config: dict, plan: WorkflowPlan) -> HubSettings:
+    """Publishing needs hub.repo_id and a base model id: say which key is missing before any job."""
+    hub = build(HubSettings, config)
+    if hub.repo_id is None:
+        raise ConfigError("publishing needs hub.repo_id: set it to the model repo to create or update, e.g. "
+                          "--config hub='{repo_id: your-name/" + plan.run + "-transcoders}'")
+    if hub_base_model(config) is None:
+        raise ConfigError(f"publishing needs hub.base_model, the Hugging Face id of the model the transcoders "
+                          f"belong to: model.source {config_value(config, 'model.source')!r} is not a hub id "
+                          "(e.g. hub.base_model: HuggingFaceTB/SmolLM2-135M-Instruct)")
+    return hub
+
+
+def hub_repo_inputs(config: dict, plan: WorkflowPlan) -> dict[str, list[str] | str]:
+    """What stage_hub_repo puts in the repo, as named inputs: the set and its files, the packed
+    features and their metadata, the measured figures, the shareable graphs (when the set is
+    complete) and the features' interp files (unless hub.include_interp is false)."""
+    hub = require_hub(config, plan)
+    results, files = plan.results, transcoder_files(plan)
+    training = ([f"{results}/transcoders/clt.metrics.json"] if plan.kind == "clt"
+                else [f"{results}/transcoders/layer_{layer}.metrics.json" for layer in plan.layers])
+    inputs: dict[str, list[str] | str] = {
+        "transcoders": f"{results}/transcoders/config.yaml",
+        "weights": files["weights"],
+        "architectures": files["architectures"],
+        "training_metrics": training,
+        "fidelity": f"{results}/transcoders/fidelity.json",
+        "fidelity_table": f"{results}/transcoders/fidelity.csv",
+        "packed": f"{results}/features/packed",
+        "feature_metadata": f"{results}/features/feature_metadata.json",
+        "dataset": f"{results}/dataset/summary.json",
+    }
+    if plan.complete:
+        inputs["graphs"] = "results/graphs-hub"
+    if hub.include_interp:
+        inputs["interp"] = [f"{results}/interp/features/{name}"
+                            for name in ("feature_classifications.json", "autointerp.json", "scores.json")]
+    return inputs

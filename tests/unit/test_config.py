@@ -63,7 +63,8 @@ def test_the_default_config_sets_only_schema_keys_and_all_required_ones():
 
 def test_params_round_trip_for_every_rule():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    derived = {"layers": (0, 3), "source_id": "run-transcoders", "sample_layers": (0, 6)}
+    derived = {"layers": (0, 3), "source_id": "run-transcoders", "sample_layers": (0, 6),
+               "base_model": "org/model", "commit_message": "publish", "scan": "org/repo"}
     for rule, cls in RULE_SETTINGS.items():
         names = {f.name for f in dataclasses.fields(cls)}
         settings = settings_for(rule, config, **{k: v for k, v in derived.items() if k in names})

@@ -21,8 +21,9 @@ from ..conftest import ROOT, SMOLLM2_SOURCE, copy_workflow, tiny_config, write_c
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 600,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     # Snakemake logs to stderr when it runs jobs and to stdout for dry runs: keep both in stdout.
     result = subprocess.run([*SNAKEMAKE, *args], cwd=workdir, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=timeout)

@@ -20,7 +20,7 @@ from pathlib import Path
 from circuitflow.features.ids import FEATURE_NODE, cantor_unpair
 from circuitflow.features.pack import PackError, load_feature_file
 from circuitflow.interp.labels import FeatureLabels, node_label
-from circuitflow.io import atomic_path, keyed, read_json, write_json
+from circuitflow.io import atomic_path, keyed, read_json, relative_paths, write_json
 
 log = logging.getLogger("circuitflow.attribution")
 
@@ -101,3 +101,26 @@ def assemble_graphs(slugs: Sequence[str], graphs: Sequence[str | Path], metadata
     log.info("assembled %d graphs with %d feature files into %s: %s; node labels: %d LLM explanations, "
              "%d non-LLM", len(slugs), len(features), out_dir, ", ".join(slugs), counts["llm"], counts["trivial"])
     return {"graphs": slugs, "features": len(features), "features_without_examples": missing, "labels": counts}
+
+
+def assemble_hub_graphs(graph_dir: str | Path, out_dir: str | Path, scan: str | None) -> dict:
+    """The graphs of `graph_dir` with `scan` set to a hub repo ('owner/name[@revision]'), for
+    sharing: circuit-tracer's frontend then loads feature examples from that repo's packed
+    `features/` instead of a local folder, so the copy holds no feature files. Paths under the
+    working directory (the prompts' files) become relative."""
+    if not scan:
+        raise GraphFolderError("assemble_hub_graphs needs hub.repo_id (the repo the graphs' features are read from)")
+    graph_dir = Path(graph_dir)
+    slugs = []
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for path in sorted(graph_dir.glob("*.json")):
+            if path.name in ("graph-metadata.json", "graph-scores.json"):
+                write_json(tmp / path.name, relative_paths(read_json(path), Path.cwd()))
+                continue
+            _, graph = read_graph(path)
+            graph["metadata"]["scan"] = scan
+            write_json(tmp / path.name, relative_paths(graph, Path.cwd()), indent=None)
+            slugs.append(path.stem)
+    log.info("%d graphs with scan %s in %s: %s", len(slugs), scan, out_dir, ", ".join(slugs))
+    return {"graphs": slugs, "scan": scan}

@@ -1,0 +1,147 @@
+"""stage_hub_repo: the run laid out as the Hugging Face repo circuit-tracer expects, in a local folder.
+
+Layout (paths inside the repo)::
+
+    README.md                        model card (YAML metadata + measured figures)
+    config.yaml                      circuit-tracer's set config: model_name = the base model's hub
+                                     id, scan = the repo id, transcoders = hf:// URIs (per-layer sets)
+    layer_<l>.safetensors            per-layer transcoders (+ layer_<l>.architecture.json), or
+    W_enc_<i>.safetensors, W_dec_<i>.safetensors, clt.architecture.json   a cross-layer transcoder
+    features/index.json.gz, features/layer_<l>.bin    packed feature examples (the frontend reads these)
+    feature_metadata.json            per-feature frequencies and activation ranges
+    interp/feature_classifications.json, interp/autointerp.json, interp/scores.json   (when published)
+    graphs/<slug>.json, graphs/graph-metadata.json, graphs/graph-scores.json   graphs whose scan is the repo
+    metrics/fidelity.json, metrics/fidelity.csv, metrics/training/<file>.metrics.json
+    dataset/summary.json             the corpus, its sha256 and the token counts of each split
+
+The folder is byte-reproducible from its inputs (no timestamps), so an unchanged run stages an
+unchanged folder and `upload_to_hub` finds nothing to commit. Paths under the working
+directory are written relative to it: a published file does not carry the publisher's home.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from circuitflow.config import StageHubRepoSettings
+from circuitflow.hub.model_card import render_model_card
+from circuitflow.io import atomic_path, read_json, relative_paths
+from circuitflow.transcoders.sets import TranscoderSetError, read_transcoder_set
+
+log = logging.getLogger("circuitflow.hub")
+
+SNAKEMAKE_MARKER = ".snakemake_timestamp"  # Snakemake's mark in a directory output; not published
+
+
+class HubRepoError(ValueError):
+    """An input of the repo is missing or unreadable; the message names it and the fix."""
+
+
+def hf_uri(repo_id: str, path: str, revision: str) -> str:
+    """circuit-tracer's file reference: hf://owner/name/path, with ?revision= off main."""
+    return f"hf://{repo_id}/{path}" + ("" if revision == "main" else f"?revision={revision}")
+
+
+def _read(path: str | Path, what: str, rule: str) -> Any:
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise HubRepoError(f"{what} {path} does not exist; run {rule} first") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise HubRepoError(f"{what} {path} is not valid JSON ({error}); rerun {rule} "
+                           f"(snakemake --forcerun {rule})") from None
+
+
+def _place(source: str | Path, target: Path) -> None:
+    """A hard link where the file system allows (weights can be GBs), else a copy. Inputs are
+    only ever replaced by rename, never rewritten in place, so a link keeps the staged bytes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def hub_set_config(raw: dict, repo_id: str, revision: str, base_model: str) -> dict:
+    """The set's config.yaml as published: circuit-tracer's `load_transcoder_from_hub` reads it
+    from the repo, and its CLI reads `model_name`."""
+    config = {**raw, "model_name": base_model, "scan": repo_id if revision == "main" else f"{repo_id}@{revision}"}
+    if "transcoders" in config:  # a complete per-layer set: one hf:// URI per layer, in layer order
+        config["transcoders"] = [hf_uri(repo_id, str(config["layers"][layer]), revision)
+                                 for layer in sorted(config["layers"])]
+    return config
+
+
+def stage_hub_repo(transcoder_set: str | Path, weights: Sequence[str | Path], architectures: Sequence[str | Path],
+                   training_metrics: Sequence[str | Path], fidelity: str | Path, fidelity_table: str | Path,
+                   packed: str | Path, feature_metadata: str | Path, dataset_summary: str | Path,
+                   out_dir: str | Path, settings: StageHubRepoSettings, graphs: str | Path | None = None,
+                   interp: Sequence[str | Path] = ()) -> dict:
+    """Lay out the repo in `out_dir` (replaced atomically) and return what it holds."""
+    if settings.repo_id is None or settings.base_model is None:
+        raise HubRepoError("stage_hub_repo needs hub.repo_id and a base model (hub.base_model)")
+    root = Path.cwd()
+    try:
+        read_transcoder_set(transcoder_set)  # every weights file checked against the config
+    except TranscoderSetError as error:
+        raise HubRepoError(str(error)) from None
+    raw_set = yaml.safe_load(Path(transcoder_set).read_text(encoding="utf-8"))
+    fidelity_data = {**relative_paths(_read(fidelity, "fidelity file", "evaluate_transcoders"), root),
+                     "transcoder_set": "config.yaml"}
+    dataset = relative_paths(_read(dataset_summary, "dataset summary", "prepare_dataset"), root)
+    metadata = relative_paths(_read(feature_metadata, "feature metadata", "collect_features"), root)
+    training = {Path(p).name: relative_paths(_read(p, "training metrics", "the transcoder's training rule"), root)
+                for p in training_metrics}
+    packed = Path(packed)
+    if not (packed / "index.json.gz").is_file():
+        raise HubRepoError(f"packed features {packed} have no index.json.gz; rerun pack_features "
+                           f"(snakemake --forcerun {packed})")
+    graph_scores = None
+    if graphs is not None:
+        graph_scores = _read(Path(graphs) / "graph-scores.json", "graph scores", "assemble_hub_graphs")
+    interp_data = {Path(p).name: relative_paths(_read(p, "interp file", "the judge's rules (target interp)"), root)
+                   for p in interp}
+    settings = dataclasses.replace(settings, model_source=relative_paths(settings.model_source, root))
+
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for path in [*map(Path, weights), *map(Path, architectures)]:
+            _place(path, tmp / Path(path).name)
+        set_config = hub_set_config(raw_set, settings.repo_id, settings.revision, settings.base_model)
+        (tmp / "config.yaml").write_text(yaml.safe_dump(set_config, sort_keys=False), encoding="utf-8")
+        for path in sorted(packed.iterdir()):
+            if path.is_file() and path.name != SNAKEMAKE_MARKER:
+                _place(path, tmp / "features" / path.name)
+        _write_json(tmp / "feature_metadata.json", metadata)
+        _write_json(tmp / "metrics" / "fidelity.json", fidelity_data)
+        _place(fidelity_table, tmp / "metrics" / "fidelity.csv")
+        for name, data in training.items():
+            _write_json(tmp / "metrics" / "training" / name, data)
+        _write_json(tmp / "dataset" / "summary.json", dataset)
+        for name, data in interp_data.items():
+            _write_json(tmp / "interp" / name, data)
+        if graphs is not None:
+            for path in sorted(Path(graphs).glob("*.json")):
+                _place(path, tmp / "graphs" / path.name)
+        card = render_model_card(settings=settings, set_config=set_config, fidelity=fidelity_data, dataset=dataset,
+                                 training=training, feature_metadata=metadata, graph_scores=graph_scores,
+                                 interp=interp_data)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    log.info("staged %d files for %s in %s (%.1f MB)", len(files), settings.repo_id, out_dir,
+             sum((Path(out_dir) / f).stat().st_size for f in files) / 1e6)
+    return {"repo_id": settings.repo_id, "files": files}

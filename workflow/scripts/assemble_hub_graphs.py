@@ -1,0 +1,8 @@
+"""Rule assemble_hub_graphs: the assembled graphs with scan set to the hub repo, for sharing."""
+from circuitflow.logs import start_job
+
+settings = start_job(snakemake, uses_torch=False)
+
+from circuitflow.attribution import assemble_hub_graphs
+
+assemble_hub_graphs(snakemake.input.graphs, snakemake.output[0], settings.scan)

@@ -18,7 +18,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -317,3 +321,29 @@ def _handler(hub: StandInHub):
                        content_type="application/octet-stream")
 
     return Handler
+
+
+def hub_env(hub: StandInHub, home: Path, token: str | None = WRITE_TOKEN) -> dict:
+    # HF_HOME: no stored login of the machine is found; the token comes from HF_TOKEN alone.
+    return {"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home),
+            "HF_TOKEN": token or "", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def load_from_hub(env: dict, repo: str, local_set: Path) -> dict:
+    """circuit-tracer's own loader, in a fresh process that sees only the stand-in hub: the set
+    loaded from the repo must equal the one it loads from the local folder, tensor for tensor."""
+    script = textwrap.dedent(f"""
+        import json, torch
+        from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
+        kwargs = dict(device=torch.device("cpu"), lazy_encoder=False, lazy_decoder=False)
+        published, config = load_transcoder_from_hub({repo!r}, **kwargs)
+        local, _ = load_transcoder_from_hub({str(local_set)!r}, **kwargs)
+        ours, theirs = local.state_dict(), published.state_dict()
+        print(json.dumps({{"scan": published.scan, "kind": type(published).__name__, "tensors": len(ours),
+                          "same": sorted(ours) == sorted(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours),
+                          "model_name": config["model_name"]}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

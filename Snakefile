@@ -10,6 +10,10 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+# `snakemake --report report.html`: this page on top, the figures of rules/report.smk below.
+report: "report/workflow.rst"
+
+
 # The schema ships with the library (config/schema.yaml links to it); Snakemake's validate
 # fills in its defaults, and a failure is reported as one line naming the key.
 validate_config(config, validate)
@@ -25,6 +29,7 @@ include: "rules/attribution.smk"
 include: "rules/interp.smk"
 include: "rules/graphs.smk"
 include: "rules/hub.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -36,6 +41,7 @@ rule all:
         rules.pack_features.output,
         rules.collect_neurons.output.metadata,
         rules.compare_explanations.output,
+        rules.plot_run_report.output,
 
 
 rule activations:
@@ -66,6 +72,13 @@ rule interp:
         expand(f"{INTERP}/{{kind}}/{{name}}", kind=INTERP_KINDS,
                name=["feature_classifications.json", "autointerp.json", "scores.json"]),
         rules.compare_explanations.output,
+
+
+# The report's figures and tables (and all they need); then `snakemake --report report.html`.
+rule report:
+    localrule: True
+    input:
+        rules.plot_run_report.output,
 
 
 # Publish the run to hub.repo_id (needs HF_TOKEN): the staged repo, one commit (none when

@@ -2,12 +2,14 @@
 from circuitflow.workflow import (
     cross_layer_weights,
     dataset_files,
+    graph_score_files,
     hub_repo_inputs as _hub_repo_inputs,
     plan_workflow,
     prompt_files,
     prompt_param,
     require_complete_set,
     rule_params,
+    training_metrics_files,
     transcoder_files,
 )
 

@@ -103,6 +103,18 @@ def cross_layer_weights(plan: WorkflowPlan) -> list[str]:
     return transcoder_files(plan)["weights"] if plan.kind == "clt" else []
 
 
+def training_metrics_files(plan: WorkflowPlan) -> list[str]:
+    """The training metrics of the set: one file per layer (plt), or the CLT's one."""
+    if plan.kind == "clt":
+        return [f"{plan.results}/transcoders/clt.metrics.json"]
+    return [f"{plan.results}/transcoders/layer_{layer}.metrics.json" for layer in plan.layers]
+
+
+def graph_score_files(plan: WorkflowPlan) -> list[str]:
+    """Each prompt's graph scores, when the set is complete (graphs exist only then)."""
+    return [f"{plan.results}/attribution/{slug}.scores.json" for slug in plan.prompts] if plan.complete else []
+
+
 def transcoder_files(plan: WorkflowPlan) -> dict[str, list[str]]:
     """The transcoder set's weights and architecture files, for either kind."""
     folder = f"{plan.results}/transcoders"
@@ -197,13 +209,11 @@ def hub_repo_inputs(config: dict, plan: WorkflowPlan) -> dict[str, list[str] | s
     complete) and the features' interp files (unless hub.include_interp is false)."""
     hub = require_hub(config, plan)
     results, files = plan.results, transcoder_files(plan)
-    training = ([f"{results}/transcoders/clt.metrics.json"] if plan.kind == "clt"
-                else [f"{results}/transcoders/layer_{layer}.metrics.json" for layer in plan.layers])
     inputs: dict[str, list[str] | str] = {
         "transcoders": f"{results}/transcoders/config.yaml",
         "weights": files["weights"],
         "architectures": files["architectures"],
-        "training_metrics": training,
+        "training_metrics": training_metrics_files(plan),
         "fidelity": f"{results}/transcoders/fidelity.json",
         "fidelity_table": f"{results}/transcoders/fidelity.csv",
         "packed": f"{results}/features/packed",

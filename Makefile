@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # The offline viewer's JavaScript libraries (pinned in frontend/package-lock.json); needs npm.
 FRONTEND_DEPS := frontend/node_modules/.package-lock.json
 
-.PHONY: setup pipeline test serve browser clean
+.PHONY: setup pipeline test serve browser slurm clean
 
 setup: $(VENV)/.installed
 
@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 pipeline: setup
 	$(BIN)/snakemake --cores $(CORES) results/graphs/
 
-test: setup $(FRONTEND_DEPS) browser
+test: setup $(FRONTEND_DEPS) browser slurm
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 $(FRONTEND_DEPS): frontend/package.json frontend/package-lock.json
@@ -39,6 +39,14 @@ browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
 	  echo "chromium not installed: the in-browser test will be skipped"
+
+# SLURM and munge for the test that runs the workflow on a single-node cluster it starts and
+# stops itself (tests/slurm_cluster.py; Debian's packages; needs root).
+slurm:
+	@{ command -v slurmctld && command -v slurmd && command -v sbatch && command -v munged; } >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null; } || \
+	  echo "slurm-wlm not installed: the SLURM test will be skipped"
 
 serve: setup $(FRONTEND_DEPS)
 	$(BIN)/circuitflow-serve --graph_dir results/graphs --port 8041

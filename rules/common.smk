@@ -4,6 +4,7 @@ from circuitflow.workflow import (
     dataset_files,
     graph_score_files,
     hub_repo_inputs as _hub_repo_inputs,
+    require_hub,
     plan_workflow,
     prompt_files,
     prompt_param,
@@ -71,8 +72,10 @@ def hub_repo_inputs(wildcards):
 
 
 def hub_token_check(wildcards):
-    """No input: refuses to build the DAG when no Hugging Face token is available, before any job."""
+    """No input: refuses to build the DAG, before any job, when the hub keys are unset or no
+    Hugging Face token is available (in that order)."""
     from circuitflow.hub import require_token
 
+    require_hub(config, PLAN)
     require_token()
     return []

@@ -1,5 +1,6 @@
 # Parse-time plan and getters shared by every .smk file; all of them call circuitflow.workflow.
 from circuitflow.workflow import (
+    caption_values,
     cross_layer_weights,
     dataset_files,
     graph_score_files,

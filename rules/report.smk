@@ -89,6 +89,8 @@ rule plot_run_report:
         kind=PLAN.kind,
         layers=list(PLAN.layers),
         interp_kinds=INTERP_KINDS,
+        # what the captions quote (report/*.rst: snakemake.params.captions["<key>"])
+        captions=caption_values(config),
     log:
         f"{RESULTS}/logs/plot_run_report.log",
     localrule: True

@@ -173,6 +173,16 @@ def require_complete_set(plan: WorkflowPlan) -> None:
             "only the targets `transcoders` and `features`")
 
 
+CAPTION_KEYS = ("transcoder.steps", "transcoder.batch_size", "neurons.n_per_layer", "interp.layer_step",
+                "interp.n_per_layer")
+
+
+def caption_values(config: dict) -> dict:
+    """The config values the report's captions quote, defaults filled in from the schema (the
+    config Snakemake hands a caption holds only the sections a config file sets)."""
+    return {key: config_value(config, key) for key in CAPTION_KEYS}
+
+
 def hub_base_model(config: dict) -> str | None:
     """The hub id the transcoders belong to: hub.base_model, else model.source if it is one."""
     base_model = config_value(config, "hub.base_model")

@@ -338,6 +338,20 @@ def test_cross_layer_workflow(tmp_path, tiny_llama_source, tiny_corpus):
     check_served_like_a_user(graphs, "france-capital")
     check_labels(results / "interp/features", graphs)
 
+    # Published to a stand-in hub, circuit-tracer's load_clt reads the same CLT back from it.
+    from ..hub_server import StandInHub, hub_env, load_from_hub
+
+    repo = "circuitflow-test/tiny-clt"
+    write_config(tmp_path / "hub.yaml", {"hub": {"repo_id": repo, "base_model": "circuitflow-test/tiny-lm"}})
+    with StandInHub(tmp_path / "hub") as hub:
+        snakemake(tmp_path, "--cores", "2", "hub", "--configfile", "clt.yaml", "hub.yaml",
+                  env=hub_env(hub, tmp_path / "hf-home"))
+        published = sorted(p.relative_to(hub.tree(repo)).as_posix() for p in hub.tree(repo).rglob("*.safetensors"))
+        assert published == ["W_dec_0.safetensors", "W_dec_1.safetensors", "W_enc_0.safetensors", "W_enc_1.safetensors"]
+        assert yaml.safe_load((hub.tree(repo) / "config.yaml").read_text())["model_kind"] == "cross_layer_transcoder"
+        loaded = load_from_hub(hub_env(hub, tmp_path / "hf-download"), repo, results / "transcoders")
+        assert loaded["same"] and loaded["kind"] == "CrossLayerTranscoder" and loaded["scan"] == repo
+
 
 @pytest.mark.slow
 def test_bad_prompt_fails_alone(tmp_path, tiny_llama_source, tiny_corpus):

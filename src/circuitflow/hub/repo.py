@@ -22,7 +22,6 @@ directory are written relative to it: a published file does not carry the publis
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -34,7 +33,7 @@ import yaml
 
 from circuitflow.config import StageHubRepoSettings
 from circuitflow.hub.model_card import render_model_card
-from circuitflow.io import atomic_path, read_json, relative_paths
+from circuitflow.io import atomic_path, read_json, relative_paths, write_json
 from circuitflow.transcoders.sets import TranscoderSetError, read_transcoder_set
 
 log = logging.getLogger("circuitflow.hub")
@@ -69,11 +68,6 @@ def _place(source: str | Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def hub_set_config(raw: dict, repo_id: str, revision: str, base_model: str) -> dict:
@@ -126,14 +120,14 @@ def stage_hub_repo(transcoder_set: str | Path, weights: Sequence[str | Path], ar
         for path in sorted(packed.iterdir()):
             if path.is_file() and path.name != SNAKEMAKE_MARKER:
                 _place(path, tmp / "features" / path.name)
-        _write_json(tmp / "feature_metadata.json", metadata)
-        _write_json(tmp / "metrics" / "fidelity.json", fidelity_data)
+        write_json(tmp / "feature_metadata.json", metadata)
+        write_json(tmp / "metrics" / "fidelity.json", fidelity_data)
         _place(fidelity_table, tmp / "metrics" / "fidelity.csv")
         for name, data in training.items():
-            _write_json(tmp / "metrics" / "training" / name, data)
-        _write_json(tmp / "dataset" / "summary.json", dataset)
+            write_json(tmp / "metrics" / "training" / name, data)
+        write_json(tmp / "dataset" / "summary.json", dataset)
         for name, data in interp_data.items():
-            _write_json(tmp / "interp" / name, data)
+            write_json(tmp / "interp" / name, data)
         if graphs is not None:
             for path in sorted(Path(graphs).glob("*.json")):
                 _place(path, tmp / "graphs" / path.name)

@@ -24,6 +24,7 @@ include: "rules/model.smk"
 include: "rules/dataset.smk"
 include: "rules/activations.smk"
 include: "rules/transcoders.smk"
+include: "rules/imported.smk"
 include: "rules/features.smk"
 include: "rules/attribution.smk"
 include: "rules/interp.smk"
@@ -37,7 +38,8 @@ rule all:
     localrule: True
     input:
         "results/graphs",
-        rules.evaluate_transcoders.output,
+        # an imported set (transcoder.source) is measured only when evaluation.imported_set asks
+        rules.evaluate_transcoders.output if PLAN.evaluate else [],
         rules.pack_features.output,
         rules.collect_neurons.output.metadata,
         rules.compare_explanations.output,
@@ -53,7 +55,7 @@ rule activations:
 rule transcoders:
     localrule: True
     input:
-        rules.write_transcoder_set.output,
+        TRANSCODER_SET,
         rules.evaluate_transcoders.output,
 
 

@@ -5,9 +5,11 @@ from circuitflow.workflow import (
     dataset_files,
     graph_score_files,
     hub_repo_inputs as _hub_repo_inputs,
+    imported_set_inputs,
     plan_workflow,
     prompt_files,
     prompt_param,
+    require_attributable,
     require_complete_set,
     require_hub,
     rule_params,
@@ -49,8 +51,10 @@ def per_prompt(suffix):
 
 
 def complete_transcoder_set(wildcards):
-    """The set config, for rules that need every layer (fails with the missing layers otherwise)."""
+    """The set config, for rules that need every layer (fails with the missing layers otherwise)
+    and a model family circuit-tracer attributes (fails naming the family otherwise)."""
     require_complete_set(PLAN)
+    require_attributable(config, PLAN)
     return TRANSCODER_SET
 
 

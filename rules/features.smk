@@ -2,7 +2,7 @@ rule collect_features:
     input:
         model=MODEL_DIR,
         validation=rules.prepare_dataset.output.validation,
-        transcoders=rules.write_transcoder_set.output.config,
+        transcoders=TRANSCODER_SET,
         weights=TRANSCODER_WEIGHTS,
     output:
         features=directory(f"{RESULTS}/features/json"),
@@ -53,7 +53,7 @@ rule collect_neurons:
 rule pack_features:
     input:
         features=rules.collect_features.output.features,
-        transcoders=rules.write_transcoder_set.output.config,
+        transcoders=TRANSCODER_SET,
     output:
         directory(f"{RESULTS}/features/packed"),
     log:

@@ -6,7 +6,7 @@ REPORT = f"{RESULTS}/report"
 rule plot_run_report:
     input:
         training=training_metrics_files(PLAN),
-        fidelity=rules.evaluate_transcoders.output.fidelity,
+        fidelity=rules.evaluate_transcoders.output.fidelity if PLAN.evaluate else [],
         features=rules.collect_features.output.metadata,
         neurons=rules.collect_neurons.output.metadata,
         graph_scores=graph_score_files(PLAN),
@@ -14,26 +14,39 @@ rule plot_run_report:
         detection=expand(rules.score_explanations.output.scores, kind=INTERP_KINDS),
         summary=rules.compare_explanations.output.summary,
     output:
-        fidelity_plot=report(
-            f"{REPORT}/transcoder_fidelity.png",
-            caption="../report/transcoder_fidelity.rst",
-            category="Transcoders",
-            subcategory="Fidelity",
-            labels={"figure": "FVU, L0, dead and loss recovered per layer"},
+        # an imported set: fidelity only when evaluation.imported_set asks, no training curves
+        **(
+            {
+                "fidelity_plot": report(
+                    f"{REPORT}/transcoder_fidelity.png",
+                    caption="../report/transcoder_fidelity.rst",
+                    category="Transcoders",
+                    subcategory="Fidelity",
+                    labels={"figure": "FVU, L0, dead and loss recovered per layer"},
+                ),
+                "fidelity_table": report(
+                    f"{REPORT}/transcoder_fidelity.html",
+                    caption="../report/transcoder_fidelity_table.rst",
+                    category="Transcoders",
+                    subcategory="Fidelity",
+                    labels={"figure": "fidelity table"},
+                ),
+            }
+            if PLAN.evaluate
+            else {}
         ),
-        fidelity_table=report(
-            f"{REPORT}/transcoder_fidelity.html",
-            caption="../report/transcoder_fidelity_table.rst",
-            category="Transcoders",
-            subcategory="Fidelity",
-            labels={"figure": "fidelity table"},
-        ),
-        training_plot=report(
-            f"{REPORT}/training_curves.png",
-            caption="../report/training_curves.rst",
-            category="Transcoders",
-            subcategory="Training",
-            labels={"figure": "training loss and dead latents"},
+        **(
+            {
+                "training_plot": report(
+                    f"{REPORT}/training_curves.png",
+                    caption="../report/training_curves.rst",
+                    category="Transcoders",
+                    subcategory="Training",
+                    labels={"figure": "training loss and dead latents"},
+                ),
+            }
+            if not PLAN.imported
+            else {}
         ),
         frequency_plot=report(
             f"{REPORT}/activation_frequency.png",

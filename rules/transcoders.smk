@@ -1,73 +1,78 @@
-rule train_transcoder:
-    input:
-        shard=f"{RESULTS}/activations/layer_{{layer}}.parquet",
-    output:
-        weights=f"{RESULTS}/transcoders/layer_{{layer}}.safetensors",
-        architecture=f"{RESULTS}/transcoders/layer_{{layer}}.architecture.json",
-        metrics=f"{RESULTS}/transcoders/layer_{{layer}}.metrics.json",
-    params:
-        settings=settings("train_transcoder"),
-    log:
-        f"{RESULTS}/logs/train_transcoder/layer_{{layer}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train_transcoder/layer_{{layer}}.tsv"
-    # One thread per job: several layers train side by side without oversubscribing cores.
-    threads: 1
-    resources:
-        mem_mb=3000,
-        runtime=60,
-        gpu=1,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/train_transcoder.py"
+# Transcoders are trained here (transcoder.source unset: the default), or a published set is
+# imported instead (rules/imported.smk): the same set config either way, so every later rule
+# reads TRANSCODER_SET without knowing which.
+if not PLAN.imported:
+
+    rule train_transcoder:
+        input:
+            shard=f"{RESULTS}/activations/layer_{{layer}}.parquet",
+        output:
+            weights=f"{RESULTS}/transcoders/layer_{{layer}}.safetensors",
+            architecture=f"{RESULTS}/transcoders/layer_{{layer}}.architecture.json",
+            metrics=f"{RESULTS}/transcoders/layer_{{layer}}.metrics.json",
+        params:
+            settings=settings("train_transcoder"),
+        log:
+            f"{RESULTS}/logs/train_transcoder/layer_{{layer}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/train_transcoder/layer_{{layer}}.tsv"
+        # One thread per job: several layers train side by side without oversubscribing cores.
+        threads: 1
+        resources:
+            mem_mb=3000,
+            runtime=60,
+            gpu=1,
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/train_transcoder.py"
 
 
-# transcoder.kind clt: one cross-layer transcoder over layers 0..n-1, trained jointly from
-# every layer's shard (read in lockstep), saved in circuit-tracer's CLT layout.
-rule train_cross_layer_transcoder:
-    input:
-        shards=per_layer("activations/layer_{layer}.parquet"),
-    output:
-        weights=cross_layer_weights(PLAN),
-        architecture=f"{RESULTS}/transcoders/clt.architecture.json",
-        metrics=f"{RESULTS}/transcoders/clt.metrics.json",
-    params:
-        settings=settings("train_cross_layer_transcoder"),
-    log:
-        f"{RESULTS}/logs/train_cross_layer_transcoder.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train_cross_layer_transcoder.tsv"
-    threads: 2
-    resources:
-        mem_mb=16000,
-        runtime=120,
-        gpu=1,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/train_cross_layer_transcoder.py"
+    # transcoder.kind clt: one cross-layer transcoder over layers 0..n-1, trained jointly from
+    # every layer's shard (read in lockstep), saved in circuit-tracer's CLT layout.
+    rule train_cross_layer_transcoder:
+        input:
+            shards=per_layer("activations/layer_{layer}.parquet"),
+        output:
+            weights=cross_layer_weights(PLAN),
+            architecture=f"{RESULTS}/transcoders/clt.architecture.json",
+            metrics=f"{RESULTS}/transcoders/clt.metrics.json",
+        params:
+            settings=settings("train_cross_layer_transcoder"),
+        log:
+            f"{RESULTS}/logs/train_cross_layer_transcoder.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/train_cross_layer_transcoder.tsv"
+        threads: 2
+        resources:
+            mem_mb=16000,
+            runtime=120,
+            gpu=1,
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/train_cross_layer_transcoder.py"
 
 
-rule write_transcoder_set:
-    input:
-        model=MODEL_DIR,
-        weights=TRANSCODER_WEIGHTS,
-        architectures=TRANSCODER_ARCHITECTURES,
-    output:
-        config=TRANSCODER_SET,
-    params:
-        settings=settings("write_transcoder_set"),
-    log:
-        f"{RESULTS}/logs/write_transcoder_set.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/write_transcoder_set.py"
+    rule write_transcoder_set:
+        input:
+            model=MODEL_DIR,
+            weights=TRANSCODER_WEIGHTS,
+            architectures=TRANSCODER_ARCHITECTURES,
+        output:
+            config=TRANSCODER_SET,
+        params:
+            settings=settings("write_transcoder_set"),
+        log:
+            f"{RESULTS}/logs/write_transcoder_set.log",
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/write_transcoder_set.py"
 
 
 # Fidelity on held-out validation windows: FVU, L0, dead/dense latents, and the next-token loss
@@ -76,7 +81,7 @@ rule evaluate_transcoders:
     input:
         model=MODEL_DIR,
         validation=rules.prepare_dataset.output.validation,
-        transcoders=rules.write_transcoder_set.output.config,
+        transcoders=TRANSCODER_SET,
         weights=TRANSCODER_WEIGHTS,
     output:
         fidelity=f"{RESULTS}/transcoders/fidelity.json",

@@ -62,6 +62,47 @@ def build_tiny_llama(folder: Path, tokenizer, n_layers: int = 2, d_model: int = 
     return folder
 
 
+TINY_FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3")
+
+
+def build_tiny_model(folder: Path, tokenizer, family: str, n_layers: int = 2, d_model: int = 64,
+                     seed: int = 0) -> Path:
+    """A randomly initialised model of `family` (one of TINY_FAMILIES) built like build_tiny_llama:
+    4 heads (2 key/value heads), MLP 4 x d_model, tied embeddings, rope_theta 1e4; Gemma's
+    sliding window (16) is shorter than the test windows, so it is exercised."""
+    import torch
+    import transformers
+
+    if family == "llama":
+        return build_tiny_llama(folder, tokenizer, n_layers, d_model, seed)
+    head_dim = d_model // 4
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=d_model, intermediate_size=4 * d_model,
+        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    classes = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+               "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": head_dim}),
+               "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {
+                   "head_dim": head_dim, "query_pre_attn_scalar": head_dim, "sliding_window": 16}),
+               "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
+                   "head_dim": head_dim, "query_pre_attn_scalar": head_dim, "sliding_window": 16,
+                   "rope_local_base_freq": 10000.0})}
+    if family not in classes:
+        raise ValueError(f"unknown tiny model family {family!r}; use one of {TINY_FAMILIES}")
+    config_class, model_class, extra = classes[family]
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_class)(**common, **extra)
+    model = getattr(transformers, model_class)(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    stray = folder / "tokenizer.model"
+    if stray.exists():
+        stray.unlink()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_source(tmp_path_factory, smollm2_tokenizer) -> Path:
     """A local HF folder usable as `model.source`."""

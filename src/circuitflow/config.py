@@ -132,6 +132,8 @@ class WorkflowSettings:
     run: str = knob("run")
     model_name: str = knob("model.name")
     n_layers: int | None = knob("model.n_layers")
+    transcoder_source: str | None = knob("transcoder.source")
+    evaluate_imported_set: bool = knob("evaluation.imported_set")
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,8 @@ class PromptSettings:
 
 @dataclass(frozen=True)
 class PrepareModelSettings:
-    source: str = knob("model.source")
+    source: str = derived("model.source, or the model_name of the set transcoder.source names",
+                          resolves="model.source")
     revision: str | None = knob("model.revision")
     dtype: str = knob("model.dtype")
 
@@ -153,6 +156,7 @@ class PrepareModelSettings:
 class PrepareDatasetSettings:
     source: str = knob("dataset.source")
     text_field: str = knob("dataset.text_field")
+    chat_field: str | None = knob("dataset.chat_field")
     domain_field: str | None = knob("dataset.domain_field")
     hub_split: str = knob("dataset.hub_split")
     hub_config: str | None = knob("dataset.hub_config")
@@ -160,6 +164,7 @@ class PrepareDatasetSettings:
     context_length: int = knob("dataset.context_length")
     train_tokens: int | None = knob("dataset.train_tokens")
     validation_tokens: int | None = knob("dataset.validation_tokens")
+    shuffle_buffer: int = knob("dataset.shuffle_buffer")
     seed: int = knob("seed")
 
 
@@ -229,6 +234,26 @@ class WriteTranscoderSetSettings:
 
 
 @dataclass(frozen=True)
+class DownloadTranscoderSetSettings:
+    """A published set on the Hugging Face hub, downloaded once (transcoder.source hf://...)."""
+
+    source: str = knob("transcoder.source")
+
+
+@dataclass(frozen=True)
+class ImportTranscoderSetSettings:
+    """A published circuit-tracer set used instead of trained transcoders (transcoder.source)."""
+
+    model_source: str = derived("model.source, or the set's model_name", resolves="model.source")
+    source: str = knob("transcoder.source")
+    lazy_encoder: bool = knob("transcoder.lazy_encoder")
+    lazy_decoder: bool = knob("transcoder.lazy_decoder")
+    allow_model_mismatch: bool = knob("transcoder.allow_model_mismatch")
+    k: int = knob("transcoder.k")
+    scan: str = knob("attribution.scan")
+
+
+@dataclass(frozen=True)
 class EvaluateTranscodersSettings:
     layers: tuple[int, ...] = derived("resolved against the model", resolves="activations.layers")
     windows: int = knob("evaluation.windows")
@@ -270,6 +295,7 @@ class CollectNeuronsSettings(CollectFeaturesSettings):
 @dataclass(frozen=True)
 class AttributePromptSettings:
     backend: str = knob("attribution.backend")
+    dtype: str = knob("attribution.dtype")
     drop_last_token_as_target: bool = knob("attribution.drop_last_token_as_target")
     max_n_logits: int = knob("attribution.max_n_logits")
     desired_logit_prob: float = knob("attribution.desired_logit_prob")
@@ -368,12 +394,13 @@ class HubSettings:
 @dataclass(frozen=True)
 class StageHubRepoSettings:
     run: str = knob("run")
-    model_source: str = knob("model.source")
+    model_source: str = derived("model.source, or the imported set's model_name", resolves="model.source")
     base_model: str | None = derived("hub.base_model, or model.source when that is a hub id",
                                      resolves="hub.base_model")
     repo_id: str | None = knob("hub.repo_id")
     revision: str = knob("hub.revision")
     license: str | None = knob("hub.license")
+    upload_imported_weights: bool = knob("hub.upload_imported_weights")
 
 
 @dataclass(frozen=True)
@@ -397,6 +424,8 @@ RULE_SETTINGS: dict[str, type] = {
     "train_transcoder": TrainTranscoderSettings,
     "train_cross_layer_transcoder": TrainCrossLayerTranscoderSettings,
     "write_transcoder_set": WriteTranscoderSetSettings,
+    "download_transcoder_set": DownloadTranscoderSetSettings,
+    "import_transcoder_set": ImportTranscoderSetSettings,
     "evaluate_transcoders": EvaluateTranscodersSettings,
     "collect_features": CollectFeaturesSettings,
     "collect_neurons": CollectNeuronsSettings,

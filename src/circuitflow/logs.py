@@ -31,6 +31,12 @@ def start_job(snakemake, uses_torch: bool = True):
 
     setup_logging(snakemake.log[0] if snakemake.log else None)
     exit_when_parent_dies()
+    # An imported transcoder set is sized against the rule's memory before it is loaded
+    # (circuitflow.transcoders.imported.require_memory).
+    os.environ["CIRCUITFLOW_JOB_RULE"] = snakemake.rule
+    mem_mb = getattr(snakemake.resources, "mem_mb", None)
+    if isinstance(mem_mb, (int, float)):
+        os.environ["CIRCUITFLOW_JOB_MEM_MB"] = str(mem_mb)
     if uses_torch:
         # Several jobs often share few cores: idle OpenMP threads should sleep, not spin
         # (measured: two competing 2-thread jobs ran 25 % faster). Must be set before torch loads.

@@ -8,6 +8,7 @@ express. The rule files only call the functions here; none of them holds logic o
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,19 @@ from circuitflow.config import (
 from circuitflow.data.dataset import local_source_files
 from circuitflow.data.prompts import CONFIG_ORIGIN, discover_prompts
 from circuitflow.model.facts import ModelFacts, read_model_facts
+from circuitflow.model.families import check_attributable
 from circuitflow.model.source import resolve_source, source_facts
+from circuitflow.transcoders.imported import (
+    CROSS_LAYER,
+    PublishedSet,
+    PublishedSetError,
+    SetSource,
+    check_against_model,
+    check_model_name,
+    model_source_for,
+    parse_set_source,
+    published_set,
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,14 @@ class WorkflowPlan:
     feature_layers: tuple[int, ...]  # features.layers, resolved (a subset of `layers`)
     interp_layers: tuple[int, ...]  # every interp.layer_step-th of `feature_layers`: sampled for the judge
     prompts: dict[str, str]  # slug -> origin (a file path, or config:attribution.prompts.<slug>)
+    model_source: str | None = None  # model.source, or the imported set's model_name
+    set_source: SetSource | None = None  # transcoder.source: a published set instead of training
+    evaluate: bool = True  # evaluate_transcoders is part of the default target (always, unless imported)
+    architecture: str | None = None  # the model's architecture, when known at parse time
+
+    @property
+    def imported(self) -> bool:
+        return self.set_source is not None
 
     @property
     def complete(self) -> bool:
@@ -50,12 +71,12 @@ def model_folder(config: dict) -> str:
     return f"resources/models/{config_value(config, 'model.name')}"
 
 
-def _model_facts(config: dict, settings: WorkflowSettings) -> ModelFacts | None:
+def _model_facts(config: dict, settings: WorkflowSettings, model_source: str) -> ModelFacts | None:
     """The model's facts, or None when only `model.n_layers` is known (a hub model offline)."""
     materialized = Path(model_folder(config))
     if (materialized / "config.json").is_file():
         return read_model_facts(materialized)
-    source = resolve_source(config_value(config, "model.source"), config_value(config, "model.revision"))
+    source = resolve_source(model_source, config_value(config, "model.revision"))
     if settings.n_layers is not None and source.kind == "hub":
         return None
     return source_facts(source)
@@ -73,13 +94,53 @@ def _resolve(wanted, available: list[int], key: str, what: str) -> tuple[int, ..
 def plan_workflow(config: dict) -> WorkflowPlan:
     """Resolve the validated config into the run's plan, failing early with the key named."""
     settings = build(WorkflowSettings, config)
-    facts = _model_facts(config, settings)
+    set_source = published = None
+    if settings.transcoder_source is not None:
+        set_source = parse_set_source(settings.transcoder_source)
+        published = _published_set(set_source)
+    model_source = _model_source(config, published)
+    facts = _model_facts(config, settings, model_source)
     n_layers = settings.n_layers if settings.n_layers is not None else facts.n_layers
-    layers = _resolve(config_value(config, "activations.layers"), list(range(n_layers)), "activations.layers",
-                      "out of range, the model has layers")
+    if published is not None:
+        layers, kind = _imported_layers(config, published, facts, model_source)
+    else:
+        layers, kind = _trained_layers(config, n_layers)
     feature_layers = _resolve(config_value(config, "features.layers"), list(layers), "features.layers",
                               "have no transcoder; transcoders are trained for activations.layers")
     interp_layers = feature_layers[::config_value(config, "interp.layer_step")]
+    context = config_value(config, "dataset.context_length")
+    if facts is not None and facts.context_length is not None and context > facts.context_length:
+        raise ConfigError(f"dataset.context_length {context} exceeds the model's context of "
+                          f"{facts.context_length} positions")
+    prompt_settings = build(PromptSettings, config)
+    prompts = discover_prompts(prompt_settings.prompts_dir, prompt_settings.prompts)
+    return WorkflowPlan(settings.run, f"results/{settings.run}", model_folder(config), n_layers, layers, kind,
+                        feature_layers, interp_layers, prompts, model_source, set_source,
+                        evaluate=set_source is None or settings.evaluate_imported_set,
+                        architecture=facts.architecture if facts is not None else None)
+
+
+def _published_set(source: SetSource) -> PublishedSet:
+    try:
+        return published_set(source)
+    except PublishedSetError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _model_source(config: dict, published: PublishedSet | None) -> str:
+    configured = config_value(config, "model.source")
+    if published is not None:
+        return model_source_for(configured, published)
+    if configured is None:
+        raise ConfigError("model.source is null: set it to the model to explain (a hub id, a local folder or a "
+                          ".gguf), or set transcoder.source to a published set whose model_name names it")
+    return configured
+
+
+def _trained_layers(config: dict, n_layers: int) -> tuple[tuple[int, ...], str]:
+    """activations.layers resolved against the model, and the transcoder keys that must agree."""
+    layers = _resolve(config_value(config, "activations.layers"), list(range(n_layers)), "activations.layers",
+                      "out of range, the model has layers")
     k, n_features = config_value(config, "transcoder.k"), config_value(config, "transcoder.n_features")
     if config_value(config, "transcoder.activation") in ("topk", "jumprelu") and k >= n_features:
         raise ConfigError(f"transcoder.k {k} must be below transcoder.n_features {n_features} (a TopK that "
@@ -88,14 +149,24 @@ def plan_workflow(config: dict) -> WorkflowPlan:
     if kind == "clt":
         check_cross_layer(layers, *(config_value(config, f"transcoder.{key}")
                                     for key in ("activation", "skip_connection", "jumprelu_training")))
-    context = config_value(config, "dataset.context_length")
-    if facts is not None and facts.context_length is not None and context > facts.context_length:
-        raise ConfigError(f"dataset.context_length {context} exceeds the model's context of "
-                          f"{facts.context_length} positions")
-    prompt_settings = build(PromptSettings, config)
-    prompts = discover_prompts(prompt_settings.prompts_dir, prompt_settings.prompts)
-    return WorkflowPlan(settings.run, f"results/{settings.run}", model_folder(config), n_layers, layers, kind,
-                        feature_layers, interp_layers, prompts)
+    return layers, kind
+
+
+def _imported_layers(config: dict, published: PublishedSet, facts: ModelFacts | None,
+                     model_source: str) -> tuple[tuple[int, ...], str]:
+    """An imported set covers layers 0..n-1 of the model (checked here); its kind is its own."""
+    check_against_model(published, facts, model_source)
+    warning = check_model_name(published, model_source, config_value(config, "transcoder.allow_model_mismatch"))
+    if warning:
+        print(f"circuitflow: warning: {warning} (transcoder.allow_model_mismatch is true)", file=sys.stderr)
+    return tuple(range(published.n_layers)), "clt" if published.kind == CROSS_LAYER else "plt"
+
+
+def imported_set_inputs(plan: WorkflowPlan) -> dict[str, str]:
+    """What import_transcoder_set reads: the download receipt of a hub set (the download rule
+    makes it), or a local set's config.yaml (editing it reruns the import)."""
+    source = plan.set_source
+    return {"receipt": str(source.receipt)} if source.on_hub else {"config": str(source.folder / "config.yaml")}
 
 
 def cross_layer_weights(plan: WorkflowPlan) -> list[str]:
@@ -104,7 +175,9 @@ def cross_layer_weights(plan: WorkflowPlan) -> list[str]:
 
 
 def training_metrics_files(plan: WorkflowPlan) -> list[str]:
-    """The training metrics of the set: one file per layer (plt), or the CLT's one."""
+    """The training metrics of the set: one file per layer (plt), or the CLT's one (none when imported)."""
+    if plan.imported:
+        return []
     if plan.kind == "clt":
         return [f"{plan.results}/transcoders/clt.metrics.json"]
     return [f"{plan.results}/transcoders/layer_{layer}.metrics.json" for layer in plan.layers]
@@ -116,8 +189,11 @@ def graph_score_files(plan: WorkflowPlan) -> list[str]:
 
 
 def transcoder_files(plan: WorkflowPlan) -> dict[str, list[str]]:
-    """The transcoder set's weights and architecture files, for either kind."""
+    """The transcoder set's weights and architecture files, for either kind (an imported set's
+    files stay where import_transcoder_set found them: none here)."""
     folder = f"{plan.results}/transcoders"
+    if plan.imported:
+        return {"weights": [], "architectures": []}
     if plan.kind == "clt":
         return {"weights": [f"{folder}/W_enc_{layer}.safetensors" for layer in plan.layers]
                 + [f"{folder}/W_dec_{layer}.safetensors" for layer in plan.layers],
@@ -130,6 +206,8 @@ def rule_params(rule: str, config: dict, plan: WorkflowPlan) -> dict:
     """The settings of `rule` as plain data for its `params` (derived fields from the plan)."""
     hub = build(HubSettings, config)
     derived = {
+        "prepare_model": {"source": plan.model_source},
+        "import_transcoder_set": {"model_source": plan.model_source},
         "cache_activations": {"layers": plan.layers},
         "train_cross_layer_transcoder": {"layers": plan.layers},
         "write_transcoder_set": {"layers": plan.layers},
@@ -137,7 +215,7 @@ def rule_params(rule: str, config: dict, plan: WorkflowPlan) -> dict:
         "collect_features": {"layers": plan.feature_layers, "source_id": f"{plan.run}-transcoders"},
         "collect_neurons": {"layers": plan.feature_layers, "source_id": f"{plan.run}-neurons"},
         "select_features": {"sample_layers": plan.interp_layers},
-        "stage_hub_repo": {"base_model": hub_base_model(config)},
+        "stage_hub_repo": {"base_model": hub_base_model(config, plan), "model_source": plan.model_source},
         "upload_to_hub": {"commit_message": config_value(config, "hub.commit_message")
                           or f"circuitflow: publish run {plan.run}"},
         "assemble_hub_graphs": {"scan": hub_scan(hub)},
@@ -173,6 +251,11 @@ def require_complete_set(plan: WorkflowPlan) -> None:
             "only the targets `transcoders` and `features`")
 
 
+def require_attributable(config: dict, plan: WorkflowPlan) -> None:
+    """Graphs need a family circuit-tracer's backend attributes: say so before any job runs."""
+    check_attributable(plan.architecture, config_value(config, "attribution.backend"))
+
+
 CAPTION_KEYS = ("transcoder.steps", "transcoder.batch_size", "neurons.n_per_layer", "interp.layer_step",
                 "interp.n_per_layer")
 
@@ -183,12 +266,12 @@ def caption_values(config: dict) -> dict:
     return {key: config_value(config, key) for key in CAPTION_KEYS}
 
 
-def hub_base_model(config: dict) -> str | None:
+def hub_base_model(config: dict, plan: WorkflowPlan) -> str | None:
     """The hub id the transcoders belong to: hub.base_model, else model.source if it is one."""
     base_model = config_value(config, "hub.base_model")
     if base_model is not None:
         return base_model
-    source = resolve_source(config_value(config, "model.source"), config_value(config, "model.revision"))
+    source = resolve_source(plan.model_source, config_value(config, "model.revision"))
     return source.location if source.kind == "hub" else None
 
 
@@ -206,9 +289,9 @@ def require_hub(config: dict, plan: WorkflowPlan) -> HubSettings:
     if hub.repo_id is None:
         raise ConfigError("publishing needs hub.repo_id: set it to the model repo to create or update, e.g. "
                           "--config hub='{repo_id: your-name/" + plan.run + "-transcoders}'")
-    if hub_base_model(config) is None:
+    if hub_base_model(config, plan) is None:
         raise ConfigError(f"publishing needs hub.base_model, the Hugging Face id of the model the transcoders "
-                          f"belong to: model.source {config_value(config, 'model.source')!r} is not a hub id "
+                          f"belong to: model.source {plan.model_source!r} is not a hub id "
                           "(e.g. hub.base_model: HuggingFaceTB/SmolLM2-135M-Instruct)")
     return hub
 
@@ -224,12 +307,13 @@ def hub_repo_inputs(config: dict, plan: WorkflowPlan) -> dict[str, list[str] | s
         "weights": files["weights"],
         "architectures": files["architectures"],
         "training_metrics": training_metrics_files(plan),
-        "fidelity": f"{results}/transcoders/fidelity.json",
-        "fidelity_table": f"{results}/transcoders/fidelity.csv",
         "packed": f"{results}/features/packed",
         "feature_metadata": f"{results}/features/feature_metadata.json",
         "dataset": f"{results}/dataset/summary.json",
     }
+    if plan.evaluate:  # an imported set is measured only when evaluation.imported_set asks
+        inputs["fidelity"] = f"{results}/transcoders/fidelity.json"
+        inputs["fidelity_table"] = f"{results}/transcoders/fidelity.csv"
     if plan.complete:
         inputs["graphs"] = "results/graphs-hub"
     if hub.include_interp:

@@ -64,7 +64,8 @@ def test_the_default_config_sets_only_schema_keys_and_all_required_ones():
 def test_params_round_trip_for_every_rule():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     derived = {"layers": (0, 3), "source_id": "run-transcoders", "sample_layers": (0, 6),
-               "base_model": "org/model", "commit_message": "publish", "scan": "org/repo"}
+               "base_model": "org/model", "commit_message": "publish", "scan": "org/repo", "source": "org/model",
+               "model_source": "org/model"}
     for rule, cls in RULE_SETTINGS.items():
         names = {f.name for f in dataclasses.fields(cls)}
         settings = settings_for(rule, config, **{k: v for k, v in derived.items() if k in names})
@@ -122,3 +123,25 @@ def test_plan_rejects_configs_that_do_not_fit(tmp_path, monkeypatch, sections, m
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=message):
         plan_workflow(tiny_plan_config(tmp_path, **sections))
+
+
+def test_graphs_of_a_family_circuit_tracer_cannot_attribute_are_refused_at_parse_time(tmp_path, monkeypatch):
+    from circuitflow.workflow import require_attributable
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_plan_config(tmp_path)
+    write_json(tmp_path / "model/config.json", {"num_hidden_layers": 3, "hidden_size": 8, "max_position_embeddings": 64,
+                                                "architectures": ["GPT2LMHeadModel"]})
+    plan = plan_workflow(config)  # caching, training and features still plan
+    with pytest.raises(ConfigError, match="circuit-tracer 0.5.0 cannot attribute GPT2LMHeadModel models"):
+        require_attributable(config, plan)
+    write_json(tmp_path / "model/config.json", {"num_hidden_layers": 3, "hidden_size": 8, "architectures": ["Qwen2ForCausalLM"]})
+    require_attributable(config, plan_workflow(config))
+
+
+def test_model_source_is_required_without_an_imported_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_plan_config(tmp_path)
+    config["model"]["source"] = None
+    with pytest.raises(ConfigError, match="model.source is null: set it to the model to explain"):
+        plan_workflow(config)

@@ -38,3 +38,42 @@ def test_paths_under_the_working_directory_become_relative():
         "source": "resources/corpus/a.jsonl", "elsewhere": "/data/b.jsonl",
         "nested": [{"prompt": "config/prompts/x.txt"}], "similar": "/work/run2/c", "n": 3}
     assert hub_scan(HubSettings()) is None
+
+
+IMPORTED = {"model_kind": "transcoder_set", "model_name": "/abs/resources/models/m", "feature_input_hook": "mlp.hook_in",
+            "feature_output_hook": "mlp.hook_out", "activation": "topk", "k": 16, "scan": "./data/features",
+            "layers": {0: "/abs/resources/transcoders/src/set/main/layer_0.safetensors",
+                       1: "/abs/resources/transcoders/src/set/main/external/google/scope/layer_1/params.npz"},
+            "source": {"uri": "hf://src/set", "repo_id": "src/set", "revision": "main", "commit": "c0ffee",
+                       "folder": "/abs/resources/transcoders/src/set/main", "model_name": "org/base"}}
+
+
+def test_an_imported_set_is_credited_and_points_at_the_source_files():
+    from circuitflow.hub.repo import imported_hub_config
+
+    config, files = imported_hub_config(IMPORTED, "me/run", "main", "org/base", uploaded=False)
+    assert files == {} and config["source"]["commit"] == "c0ffee" and config["source"]["repo_id"] == "src/set"
+    assert config["transcoders"] == ["hf://src/set/layer_0.safetensors?revision=c0ffee",
+                                     "hf://google/scope/layer_1/params.npz"]
+    assert parse_hf_uri(config["transcoders"][0]) == ("src/set", "layer_0.safetensors", "c0ffee")
+    assert (config["activation"], config["k"], config["scan"], config["model_name"]) == ("topk", 16, "me/run", "org/base")
+    uploaded, files = imported_hub_config(IMPORTED, "me/run", "v2", "org/base", uploaded=True)
+    assert list(files) == ["layer_0.safetensors", "layer_1.npz"]
+    assert uploaded["transcoders"] == ["hf://me/run/layer_0.safetensors?revision=v2", "hf://me/run/layer_1.npz?revision=v2"]
+    local = {**IMPORTED, "source": {**IMPORTED["source"], "repo_id": None, "uri": "/data/set"}}
+    assert "transcoders" not in imported_hub_config(local, "me/run", "main", "org/base", uploaded=False)[0]
+
+
+def test_the_card_of_an_imported_set_credits_it_without_fidelity():
+    from circuitflow.config import StageHubRepoSettings
+    from circuitflow.hub.model_card import render_model_card
+    from circuitflow.hub.repo import imported_hub_config
+
+    config, _ = imported_hub_config({**IMPORTED, "d_model": 64, "n_features": 48, "skip_connection": False},
+                                    "me/run", "main", "org/base", uploaded=False)
+    settings = StageHubRepoSettings(run="r", model_source="org/base", base_model="org/base", repo_id="me/run")
+    card = render_model_card(settings=settings, set_config=config, fidelity=None, dataset={"source": "c.jsonl"},
+                             training={}, feature_metadata={"total_tokens": 100}, graph_scores=None, interp={})
+    assert "[src/set](https://huggingface.co/src/set) at commit `c0ffee`" in card
+    assert "fidelity was not measured" in card and "Not trained here" in card
+    assert "48 features per layer" in card and "`topk` activation (k = 16)" in card

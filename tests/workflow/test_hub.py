@@ -12,6 +12,7 @@ import yaml
 
 from ..conftest import copy_workflow, tiny_config, write_config
 from ..hub_server import WRITE_TOKEN, StandInHub, hub_env, load_from_hub
+from .imported_runs import run_imported
 from .test_workflow import job_counts, snakemake
 
 REPO = "circuitflow-test/tiny-transcoders"
@@ -123,6 +124,35 @@ def test_publish_tiny_run_to_stand_in_hub(tmp_path, tiny_llama_source, tiny_corp
         assert len(hub.commits(REPO)) == 3 and hub.commits(REPO)[-1].operations == [("added", "README.md")]
         assert ModelCard((hub.tree(REPO) / "README.md").read_text()).data.license == "mit"
         assert json.loads((results / "hub/receipt.json").read_text())["updated"] == ["README.md"]
+
+        # transcoder.source: the published set explained again from the hub, with no training job,
+        # to labelled graphs equal to the first run's; the download records the commit it got.
+        counts = run_imported(tmp_path, config, f"hf://{REPO}", "from-hub", ("results/graphs/",),
+                              env=hub_env(hub, home))
+        assert counts["download_transcoder_set"] == 1 and counts["explain_features"] == 1
+        receipt = json.loads((tmp_path / f"resources/transcoders/{REPO}/main.download.json").read_text())
+        assert receipt["commit"] == hub.commits(REPO)[-1].oid and "layer_1.safetensors" in receipt["files"]
+        labels = [n["clerp"] for n in json.loads((tmp_path / "results/graphs/france-capital.json").read_text())["nodes"]
+                  if n["feature_type"] == "cross layer transcoder"]
+        assert labels and all(labels)
+        # Its repo credits the source at the downloaded commit and points at its weights (no copy).
+        snakemake(tmp_path, "--cores", "2", "results/from-hub/hub/repo", "--configfile", "from-hub.yaml",
+                  env=hub_env(hub, home))
+        repo_files = staged_files(tmp_path / "results/from-hub/hub/repo")
+        assert not [name for name in repo_files if name.endswith(".safetensors")] and "metrics/fidelity.json" not in repo_files
+        republished = yaml.safe_load(repo_files["config.yaml"])
+        assert republished["source"]["commit"] == receipt["commit"] and republished["source"]["repo_id"] == REPO
+        assert republished["transcoders"][0] == f"hf://{REPO}/layer_0.safetensors?revision={receipt['commit']}"
+        assert "imported with circuitflow's `transcoder.source`" in repo_files["README.md"].decode()
+        # A repo or revision the hub does not have: one line, before any job.
+        for source, message in ((f"hf://{REPO}@no-such-branch", f"repo '{REPO}' has no revision 'no-such-branch'"),
+                                ("hf://circuitflow-test/missing", "the hub has no repo 'circuitflow-test/missing'")):
+            write_config(tmp_path / "bad-source.yaml", {**config, "run": "bad", "transcoder": {"source": source}})
+            refused = snakemake(tmp_path, "-n", "--configfile", "bad-source.yaml", check=False, env=hub_env(hub, home))
+            assert refused.returncode != 0 and f"transcoder.source {source}: {message}" in refused.stdout, \
+                refused.stdout[-2000:]
+    # ... and from the first run's own folder.
+    run_imported(tmp_path, config, str(results / "transcoders"), "from-folder")
 
 
 @pytest.mark.slow

@@ -352,6 +352,15 @@ def test_cross_layer_workflow(tmp_path, tiny_llama_source, tiny_corpus):
         loaded = load_from_hub(hub_env(hub, tmp_path / "hf-download"), repo, results / "transcoders")
         assert loaded["same"] and loaded["kind"] == "CrossLayerTranscoder" and loaded["scan"] == repo
 
+        # transcoder.source: the published CLT, and the first run's folder, explained again with no
+        # training job: the same graphs.
+        from .imported_runs import run_imported
+
+        clt_config = yaml.safe_load((tmp_path / "clt.yaml").read_text())
+        assert run_imported(tmp_path, clt_config, f"hf://{repo}", "clt-from-hub",
+                            env=hub_env(hub, tmp_path / "hf-home"))["download_transcoder_set"] == 1
+    run_imported(tmp_path, clt_config, str(results / "transcoders"), "clt-from-folder")
+
 
 @pytest.mark.slow
 def test_bad_prompt_fails_alone(tmp_path, tiny_llama_source, tiny_corpus):

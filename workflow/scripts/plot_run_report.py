@@ -6,7 +6,7 @@ start_job(snakemake, uses_torch=False)
 from circuitflow.report import plot_run_report
 
 plot_run_report(dict(snakemake.output.items()), kind=snakemake.params.kind, layers=snakemake.params.layers,
-                training_metrics=snakemake.input.training, fidelity=snakemake.input.fidelity,
+                training_metrics=snakemake.input.training, fidelity=snakemake.input.fidelity or None,
                 feature_metadata=snakemake.input.features, neuron_metadata=snakemake.input.neurons,
                 graph_scores=snakemake.input.graph_scores, interp_kinds=snakemake.params.interp_kinds,
                 classifications=snakemake.input.classifications, detection_scores=snakemake.input.detection,

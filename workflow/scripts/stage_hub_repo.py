@@ -6,6 +6,7 @@ settings = start_job(snakemake, uses_torch=False)
 from circuitflow.hub import stage_hub_repo
 
 inputs = snakemake.input
-stage_hub_repo(inputs.transcoders, inputs.weights, inputs.architectures, inputs.training_metrics, inputs.fidelity,
-               inputs.fidelity_table, inputs.packed, inputs.feature_metadata, inputs.dataset, snakemake.output[0],
-               settings, graphs=inputs.get("graphs"), interp=inputs.get("interp", []))
+stage_hub_repo(inputs.transcoders, inputs.weights, inputs.architectures, inputs.training_metrics,
+               inputs.get("fidelity"), inputs.get("fidelity_table"), inputs.packed, inputs.feature_metadata,
+               inputs.dataset, snakemake.output[0], settings, graphs=inputs.get("graphs"),
+               interp=inputs.get("interp", []))

@@ -1,9 +1,11 @@
 """attribution: one circuit-tracer attribution graph per prompt, on the local model + transcoders.
 
 Uses circuit-tracer 0.5.0's `ReplacementModel`, `attribute()`, `compute_graph_scores` and
-`create_graph_files`, float32 on CPU. Known 0.5.0 issues handled here:
+`create_graph_files`, in `attribution.dtype` (float32 by default). Known 0.5.0 issues handled here:
 
-- error nodes got ids that collide with layer-0 feature nodes: see `circuitflow.attribution.patches`;
+- error nodes got ids that collide with layer-0 feature nodes, the nnsight backend does not
+  know Qwen2 or circuitflow's hook names on Gemma, and Gemma-3's token nodes missed the embedding
+  scale: see `circuitflow.attribution.patches` (applied before the replacement model is built);
 - the TransformerLens backend rejects local folders and ignores Llama's ``rope_theta``
   (SmolLM2 uses 100000), so the default backend is nnsight, which loads the local folder with
   transformers itself;
@@ -23,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from circuitflow.attribution.patches import patch_error_node_ids
-from circuitflow.config import AttributePromptSettings
+from circuitflow.attribution.patches import apply_patches
+from circuitflow.config import AttributePromptSettings, ConfigError
 from circuitflow.data.prompts import Prompt, read_prompt_text, tokenize_prompt
 from circuitflow.io import atomic_path, write_json
 from circuitflow.logs import pick_device
@@ -35,14 +37,28 @@ from circuitflow.transcoders.circuit_tracer import load_transcoder_set
 log = logging.getLogger("circuitflow.attribution")
 
 
-def load_replacement_model(model_dir: str | Path, transcoder_set: str | Path, backend: str, device: str):
+def attribution_dtype(dtype: str, device: str) -> torch.dtype:
+    """The torch dtype for `attribution.dtype` on `device`; one line naming the key if the device
+    cannot compute in it (CPU computes all three, slowly in 16 bits; CUDA bfloat16 needs Ampere+)."""
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"attribution.dtype {dtype!r} is not one of float32, bfloat16, float16")
+    if dtype == "bfloat16" and torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"attribution.dtype bfloat16 is not supported by {torch.cuda.get_device_name(device)}; "
+                          "set attribution.dtype to float16 or float32")
+    return getattr(torch, dtype)
+
+
+def load_replacement_model(model_dir: str | Path, transcoder_set: str | Path, backend: str, device: str,
+                           dtype: str = "float32"):
     from circuit_tracer import ReplacementModel
 
+    apply_patches()
+    torch_dtype = attribution_dtype(dtype, device)
     model_dir = Path(model_dir).resolve()
     facts = read_model_facts(model_dir)
-    transcoders = load_transcoder_set(transcoder_set, facts.n_layers, d_model=facts.d_model)
+    transcoders = load_transcoder_set(transcoder_set, facts.n_layers, d_model=facts.d_model, dtype=torch_dtype)
     return ReplacementModel.from_pretrained_and_transcoders(
-        str(model_dir), transcoders, backend=backend, device=torch.device(device), dtype=torch.float32)
+        str(model_dir), transcoders, backend=backend, device=torch.device(device), dtype=torch_dtype)
 
 
 def next_token_probabilities(model, input_ids: torch.Tensor) -> torch.Tensor:
@@ -60,7 +76,7 @@ def write_attribution(prompt: Prompt, model, tokenizer, out_graph: str | Path, o
     from circuit_tracer.graph import compute_graph_scores
     from circuit_tracer.utils.create_graph_files import create_graph_files
 
-    patch_error_node_ids()
+    apply_patches()
     input_ids = torch.tensor(prompt.input_ids, dtype=torch.long, device=settings.device)
     started = time.perf_counter()
     graph = attribute(input_ids, model, max_n_logits=settings.max_n_logits,
@@ -134,6 +150,6 @@ def attribute_prompt(prompt: dict, model_dir: str | Path, transcoder_set: str | 
                                 settings.drop_last_token_as_target, facts.context_length)
     log.info("prompt %s: %d tokens, target %r", origin, len(tokenized.input_ids), tokenized.target_token)
     started = time.perf_counter()
-    model = load_replacement_model(model_dir, transcoder_set, settings.backend, settings.device)
+    model = load_replacement_model(model_dir, transcoder_set, settings.backend, settings.device, settings.dtype)
     log.info("loaded replacement model in %.1fs", time.perf_counter() - started)
     return write_attribution(tokenized, model, tokenizer, out_graph, out_metadata, out_scores, settings)

@@ -66,7 +66,7 @@ def collect(model_dir: str | Path, validation_split: str | Path, sources_for, ou
     generator = torch.Generator().manual_seed(settings.seed)
     blocks = decoder_layers(model)
     recorder = ModuleRecorder({layer: source.hooked_module(blocks[layer]) for layer, source in sources.items()},
-                              lambda inputs, output: inputs[0].detach())
+                              {layer: source.reader(blocks[layer]) for layer, source in sources.items()})
     progress = Progress(log, f"collect {transcoder_id}", total_tokens, "tokens")
     log.info("collecting %s over %d windows x %d tokens, layers %s", transcoder_id, n_windows, positions,
              list(sources))
@@ -148,7 +148,8 @@ def collect_features(model_dir: str | Path, transcoder_set: str | Path, validati
             f"transcoder set {transcoder_set} has d_model {config.d_model}, but the model in {model_dir} "
             f"has d_model {d_model}")
     replacement = load_replacement(config, settings.layers, decoders=False)
-    transcoders = {layer: TranscoderSource(replacement, layer, settings.source_id) for layer in settings.layers}
+    transcoders = {layer: TranscoderSource(replacement, layer, settings.source_id, config.feature_input_hook)
+                   for layer in settings.layers}
     return collect(model_dir, validation_split, lambda model: transcoders, out_dir, out_metadata, settings)
 
 

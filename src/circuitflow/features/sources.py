@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from circuitflow.model.hooks import HOOK_IN, hook_point
+
 
 class FeatureRequestError(ValueError):
     """The features request does not fit the transcoders or the model."""
@@ -16,8 +18,9 @@ class TranscoderSource:
 
     kind = "transcoder"
 
-    def __init__(self, replacement, layer: int, transcoder_id: str):
+    def __init__(self, replacement, layer: int, transcoder_id: str, input_hook: str = HOOK_IN):
         self.replacement, self.layer, self.transcoder_id = replacement, layer, transcoder_id
+        self.input_hook = input_hook  # where features read from (an imported set's may differ from the MLP input)
         self.n_features = replacement.n_features
         self.feature_ids = np.arange(self.n_features)
         # A CLT feature writes to every layer from its own to the last; the logit lens reads
@@ -25,7 +28,11 @@ class TranscoderSource:
         self.writes_to_layers = ([layer, replacement.n_layers - 1] if replacement.cross_layer else [layer, layer])
 
     def hooked_module(self, block):
-        return block.mlp
+        return hook_point(block, self.input_hook)[0]
+
+    def reader(self, block):
+        """read(inputs, output) of a forward hook on `hooked_module(block)`: the feature input."""
+        return hook_point(block, self.input_hook)[1]
 
     @torch.no_grad()
     def encode(self, mlp_input: torch.Tensor) -> torch.Tensor:
@@ -60,6 +67,9 @@ class NeuronSource:
 
     def hooked_module(self, block):
         return getattr(block.mlp, self.projection_name)
+
+    def reader(self, block):
+        return lambda inputs, output: inputs[0]
 
     @torch.no_grad()
     def encode(self, projection_input: torch.Tensor) -> torch.Tensor:

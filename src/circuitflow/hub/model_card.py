@@ -62,18 +62,22 @@ def _interp_lines(interp: dict) -> list[str]:
     return lines
 
 
-def card_metadata(settings: StageHubRepoSettings, set_config: dict, fidelity: dict, dataset: dict,
+def card_metadata(settings: StageHubRepoSettings, set_config: dict, fidelity: dict | None, dataset: dict,
                   graph_scores: dict | None) -> dict:
-    """The `circuitflow` block of the card's YAML: headline figures, machine-readable."""
+    """The `circuitflow` block of the card's YAML: headline figures, machine-readable (fidelity
+    figures are null for an imported set that was not measured)."""
+    fidelity = fidelity or {"all_layers": {}}
     return {
         "run": settings.run,
         "kind": set_config["model_kind"],
         "layers": sorted(int(layer) for layer in set_config["layers"]),
         "n_features_per_layer": set_config["n_features"],
         "activation": set_config["activation"],
-        "mean_fvu": round(fidelity["mean_fvu"], 6),
-        "mean_l0": round(fidelity["all_layers"]["l0"], 3),
-        "max_dead_fraction": round(fidelity["max_dead_fraction"], 6),
+        "source": set_config.get("source"),
+        "mean_fvu": None if fidelity.get("mean_fvu") is None else round(fidelity["mean_fvu"], 6),
+        "mean_l0": None if fidelity["all_layers"].get("l0") is None else round(fidelity["all_layers"]["l0"], 3),
+        "max_dead_fraction": (None if fidelity.get("max_dead_fraction") is None
+                              else round(fidelity["max_dead_fraction"], 6)),
         "loss_recovered_all_layers": (None if fidelity["all_layers"].get("loss_recovered") is None
                                       else round(fidelity["all_layers"]["loss_recovered"], 6)),
         "dataset_sha256": dataset.get("source_sha256"),
@@ -83,7 +87,7 @@ def card_metadata(settings: StageHubRepoSettings, set_config: dict, fidelity: di
     }
 
 
-def render_model_card(settings: StageHubRepoSettings, set_config: dict, fidelity: dict, dataset: dict,
+def render_model_card(settings: StageHubRepoSettings, set_config: dict, fidelity: dict | None, dataset: dict,
                       training: dict[str, dict], feature_metadata: dict, graph_scores: dict | None,
                       interp: dict[str, Any]) -> str:
     """The README.md of the repo (a `huggingface_hub.ModelCard`'s text); `set_config` is the
@@ -111,7 +115,19 @@ def render_model_card(settings: StageHubRepoSettings, set_config: dict, fidelity
         f"Made with circuitflow (run `{settings.run}`); load it with "
         "[circuit-tracer](https://github.com/decoderesearch/circuit-tracer) to build attribution graphs.", "",
     ]
-    if not same_weights:
+    source = set_config.get("source")
+    if source:
+        where = (f"[{source['repo_id']}](https://huggingface.co/{source['repo_id']}) at commit `{source['commit']}` "
+                 f"(revision `{source['revision']}`)" if source.get("repo_id") else f"`{source['uri']}`")
+        if settings.upload_imported_weights:
+            weights = "Their weights are copied into this repo."
+        elif "transcoders" in set_config:
+            weights = "`config.yaml` points at the source's own weight files, so circuit-tracer loads them from there."
+        else:
+            weights = "Their weights are not in this repo: load the transcoders from the source."
+        lines += [f"The transcoders are {where}, imported with circuitflow's `transcoder.source`; this run did not "
+                  f"train them. It made the feature examples, interpretations and graphs here. {weights}", ""]
+    elif not same_weights:
         lines += [f"The transcoders were trained on the activations of `{trained_on}` (the run's model source), "
                   f"not of the hub weights of `{settings.base_model}`; where those differ (a quantized GGUF, say), "
                   "the transcoders fit the hub weights slightly worse than the figures below.", ""]
@@ -130,13 +146,18 @@ def render_model_card(settings: StageHubRepoSettings, set_config: dict, fidelity
         "this run's graphs with `scan` set to this repo: download it and serve it with "
         "`circuit-tracer start-server --graph_file_dir graphs`.", "",
         "## Measured", "",
-        f"On {fidelity['windows']} held-out validation windows of {fidelity['context_length']} tokens "
-        f"(next-token losses over {fidelity['splice_windows']} of them). FVU is the fraction of the MLP output's "
-        "variance left unexplained; dead features never fired on the evaluation tokens; loss recovered compares "
-        "the spliced model's next-token loss with the clean one and with the MLP zero-ablated (1 is perfect). "
-        "The last row replaces every MLP at once.", "",
-        *_fidelity_table(fidelity), "",
     ]
+    if fidelity:
+        lines += [
+            f"On {fidelity['windows']} held-out validation windows of {fidelity['context_length']} tokens "
+            f"(next-token losses over {fidelity['splice_windows']} of them). FVU is the fraction of the MLP output's "
+            "variance left unexplained; dead features never fired on the evaluation tokens; loss recovered compares "
+            "the spliced model's next-token loss with the clean one and with the MLP zero-ablated (1 is perfect). "
+            "The last row replaces every MLP at once.", "",
+            *_fidelity_table(fidelity), "",
+        ]
+    else:
+        lines += ["The imported set's fidelity was not measured in this run (`evaluation.imported_set: false`).", ""]
     if graph_scores:
         lines += ["Attribution graphs of this run (circuit-tracer's replacement and completeness scores, 1 is "
                   "perfect):", "", *_graph_table(graph_scores), ""]
@@ -151,9 +172,9 @@ def render_model_card(settings: StageHubRepoSettings, set_config: dict, fidelity
         + ", ".join(f"{name} {split['tokens']:,} tokens (sha256 `{split['sha256'][:16]}…`)"
                     for name, split in sorted(splits.items()))
         + f", windows of {dataset.get('context_length')} tokens, seed {dataset.get('seed')}.",
-        f"- {first.get('steps', 'n/a')} steps of {first.get('training', {}).get('batch_size', 'n/a')} tokens per "
-        f"{'layer' if kind == 'transcoder_set' else 'step over every layer'}; each training setting is in "
-        "`metrics/training/`.",
+        *([f"- {first.get('steps', 'n/a')} steps of {first.get('training', {}).get('batch_size', 'n/a')} tokens per "
+           f"{'layer' if kind == 'transcoder_set' else 'step over every layer'}; each training setting is in "
+           "`metrics/training/`."] if not source else ["- Not trained here: imported (see above)."]),
         f"- Feature examples from {feature_metadata.get('total_tokens', 'n/a'):,} validation tokens "
         "(`feature_metadata.json`).",
         "",

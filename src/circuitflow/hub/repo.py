@@ -80,8 +80,44 @@ def hub_set_config(raw: dict, repo_id: str, revision: str, base_model: str) -> d
     return config
 
 
+def imported_hub_config(raw: dict, repo_id: str, revision: str, base_model: str, uploaded: bool) -> tuple[dict, dict]:
+    """An imported set (transcoder.source) as published: circuit-tracer's keys, the source it
+    came from (credited, pinned to the downloaded commit), and where the weights are: this repo
+    when uploaded, else the source repo's own files (a per-layer set from the hub). Returns the
+    config and {name in this repo: local file} of the weights to upload."""
+    source = raw["source"]
+    config = {key: raw[key] for key in ("model_kind", "feature_input_hook", "feature_output_hook")}
+    config.update(model_name=base_model, scan=repo_id if revision == "main" else f"{repo_id}@{revision}")
+    # the architecture as circuitflow read it (circuit-tracer reads activation and k for TopK)
+    config.update({key: raw.get(key) for key in ("activation", "k", "d_model", "n_features", "skip_connection")})
+    config["source"] = {key: source.get(key) for key in ("uri", "repo_id", "revision", "commit", "model_name")}
+    layers = {int(layer): Path(path) for layer, path in raw["layers"].items()}
+    config["layers"] = {layer: path.name for layer, path in sorted(layers.items())}
+    files: dict[str, Path] = {}
+    if uploaded:
+        if raw["model_kind"] == "cross_layer_transcoder":
+            decoders = {int(layer): Path(path) for layer, path in source["decoders"].items()}
+            files = {p.name: p for p in [*layers.values(), *decoders.values()]}
+        else:
+            files = {f"layer_{layer}{path.suffix}": path for layer, path in sorted(layers.items())}
+            config["layers"] = {layer: f"layer_{layer}{path.suffix}" for layer, path in sorted(layers.items())}
+            config["transcoders"] = [hf_uri(repo_id, name, revision) for name in files]
+    elif source.get("repo_id") and raw["model_kind"] != "cross_layer_transcoder":
+        folder = Path(source["folder"])
+        uris = []
+        for _, path in sorted(layers.items()):
+            inside = path.relative_to(folder).as_posix()
+            if inside.startswith("external/"):  # a file of another repo the source set points at
+                uris.append("hf://" + inside.removeprefix("external/"))
+            else:
+                uris.append(f"hf://{source['repo_id']}/{inside}?revision={source['commit']}")
+        config["transcoders"] = uris
+    return config, files
+
+
 def stage_hub_repo(transcoder_set: str | Path, weights: Sequence[str | Path], architectures: Sequence[str | Path],
-                   training_metrics: Sequence[str | Path], fidelity: str | Path, fidelity_table: str | Path,
+                   training_metrics: Sequence[str | Path], fidelity: str | Path | None,
+                   fidelity_table: str | Path | None,
                    packed: str | Path, feature_metadata: str | Path, dataset_summary: str | Path,
                    out_dir: str | Path, settings: StageHubRepoSettings, graphs: str | Path | None = None,
                    interp: Sequence[str | Path] = ()) -> dict:
@@ -94,8 +130,8 @@ def stage_hub_repo(transcoder_set: str | Path, weights: Sequence[str | Path], ar
     except TranscoderSetError as error:
         raise HubRepoError(str(error)) from None
     raw_set = yaml.safe_load(Path(transcoder_set).read_text(encoding="utf-8"))
-    fidelity_data = {**relative_paths(_read(fidelity, "fidelity file", "evaluate_transcoders"), root),
-                     "transcoder_set": "config.yaml"}
+    fidelity_data = None if fidelity is None else {
+        **relative_paths(_read(fidelity, "fidelity file", "evaluate_transcoders"), root), "transcoder_set": "config.yaml"}
     dataset = relative_paths(_read(dataset_summary, "dataset summary", "prepare_dataset"), root)
     metadata = relative_paths(_read(feature_metadata, "feature metadata", "collect_features"), root)
     training = {Path(p).name: relative_paths(_read(p, "training metrics", "the transcoder's training rule"), root)
@@ -115,14 +151,21 @@ def stage_hub_repo(transcoder_set: str | Path, weights: Sequence[str | Path], ar
         tmp.mkdir(parents=True)
         for path in [*map(Path, weights), *map(Path, architectures)]:
             _place(path, tmp / Path(path).name)
-        set_config = hub_set_config(raw_set, settings.repo_id, settings.revision, settings.base_model)
+        if "source" in raw_set:  # an imported set: credited, its weights uploaded only when asked
+            set_config, imported = imported_hub_config(raw_set, settings.repo_id, settings.revision,
+                                                       settings.base_model, settings.upload_imported_weights)
+            for name, path in imported.items():
+                _place(path, tmp / name)
+        else:
+            set_config = hub_set_config(raw_set, settings.repo_id, settings.revision, settings.base_model)
         (tmp / "config.yaml").write_text(yaml.safe_dump(set_config, sort_keys=False), encoding="utf-8")
         for path in sorted(packed.iterdir()):
             if path.is_file() and path.name != SNAKEMAKE_MARKER:
                 _place(path, tmp / "features" / path.name)
         write_json(tmp / "feature_metadata.json", metadata)
-        write_json(tmp / "metrics" / "fidelity.json", fidelity_data)
-        _place(fidelity_table, tmp / "metrics" / "fidelity.csv")
+        if fidelity_data is not None:
+            write_json(tmp / "metrics" / "fidelity.json", fidelity_data)
+            _place(fidelity_table, tmp / "metrics" / "fidelity.csv")
         for name, data in training.items():
             write_json(tmp / "metrics" / "training" / name, data)
         write_json(tmp / "dataset" / "summary.json", dataset)

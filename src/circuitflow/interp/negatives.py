@@ -57,16 +57,17 @@ class ActivationPool:
         blocks = decoder_layers(model)
         sources, columns = {}, {}
         if kind == "features":
-            replacement = load_replacement(read_transcoder_set(transcoder_set), sorted(wanted), decoders=False)
+            set_config = read_transcoder_set(transcoder_set)
+            replacement = load_replacement(set_config, sorted(wanted), decoders=False)
             for layer in wanted:
-                sources[layer] = TranscoderSource(replacement, layer, "")
+                sources[layer] = TranscoderSource(replacement, layer, "", set_config.feature_input_hook)
                 columns[layer] = torch.tensor(wanted[layer])
         else:
             for layer in wanted:
                 sources[layer] = NeuronSource(blocks[layer], layer, neurons_per_layer, seed, "")
                 columns[layer] = torch.from_numpy(np.searchsorted(sources[layer].feature_ids, wanted[layer]))
         recorder = ModuleRecorder({layer: s.hooked_module(blocks[layer]) for layer, s in sources.items()},
-                                  lambda inputs, output: inputs[0].detach())
+                                  {layer: s.reader(blocks[layer]) for layer, s in sources.items()})
         parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in sources}
         with torch.inference_mode():
             for start in range(0, len(self.tokens), batch_size):

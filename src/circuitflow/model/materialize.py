@@ -72,6 +72,7 @@ def prepare_model(out_dir: str | Path, settings: PrepareModelSettings) -> dict:
         if stray.is_file() and stray.read_bytes()[:4] == b"GGUF":
             stray.unlink()
             _drop_vocab_file_reference(tmp / "tokenizer_config.json")
+        _add_head_dim(tmp / "config.json")
         provenance = {
             "source": source_spec,
             "kind": source.kind,
@@ -88,6 +89,21 @@ def prepare_model(out_dir: str | Path, settings: PrepareModelSettings) -> dict:
     log.info("materialized %s (%s, %d layers) into %s", source_spec, type(model).__name__,
              model_facts(model.config.to_dict(), source_spec).n_layers, out_dir)
     return provenance
+
+
+def _add_head_dim(config_json: Path) -> None:
+    """Write the attention head width into config.json when the config leaves it implicit.
+
+    Qwen2's config has no ``head_dim`` (transformers derives hidden_size / num_attention_heads),
+    but circuit-tracer's nnsight backend reads ``config.head_dim`` (``KeyError: 'head_dim'``);
+    the value written is the one transformers uses, so the model is unchanged.
+    """
+    config = json.loads(config_json.read_text(encoding="utf-8"))
+    if config.get("head_dim") is not None or not config.get("hidden_size") or not config.get("num_attention_heads"):
+        return
+    config["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
+    config_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log.info("added head_dim %d to config.json (circuit-tracer reads it)", config["head_dim"])
 
 
 def _drop_vocab_file_reference(tokenizer_config: Path) -> None:

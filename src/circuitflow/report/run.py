@@ -13,9 +13,11 @@ from circuitflow.report import inputs, plots, tables
 log = logging.getLogger("circuitflow.report")
 
 # Each section: the outputs it writes. A section is drawn when its inputs are given; graphs
-# and the judge's results are optional so the report also fits runs without them.
+# and the judge's results are optional so the report also fits runs without them, and an
+# imported set (transcoder.source) has no training curves and, unless asked for, no fidelity.
 SECTIONS = {
-    "transcoders": ("fidelity_plot", "fidelity_table", "training_plot"),
+    "fidelity": ("fidelity_plot", "fidelity_table"),
+    "training": ("training_plot",),
     "features": ("frequency_plot",),
     "graphs": ("graph_plot", "graph_table"),
     "interp": ("interp_table", "classification_plot", "detection_plot"),
@@ -23,7 +25,7 @@ SECTIONS = {
 
 
 def plot_run_report(outputs: Mapping[str, str | Path], *, kind: str, layers: Sequence[int],
-                    training_metrics: Sequence[str | Path], fidelity: str | Path, feature_metadata: str | Path,
+                    training_metrics: Sequence[str | Path], fidelity: str | Path | None, feature_metadata: str | Path,
                     neuron_metadata: str | Path | None = None, graph_scores: Sequence[str | Path] = (),
                     interp_kinds: Sequence[str] = (), classifications: Sequence[str | Path] = (),
                     detection_scores: Sequence[str | Path] = (), interp_summary: str | Path | None = None) -> dict:
@@ -33,7 +35,11 @@ def plot_run_report(outputs: Mapping[str, str | Path], *, kind: str, layers: Seq
     kind/layers: transcoder.kind and the layers of `training_metrics` (one layer_<l>.metrics.json
     per layer, or the one clt.metrics.json).
     """
-    wanted = {"transcoders", "features"}
+    wanted = {"features"}
+    if fidelity:
+        wanted.add("fidelity")
+    if training_metrics:
+        wanted.add("training")
     if graph_scores:
         wanted.add("graphs")
     if interp_summary is not None:
@@ -44,8 +50,8 @@ def plot_run_report(outputs: Mapping[str, str | Path], *, kind: str, layers: Seq
                          f"{sorted(expected)}")
 
     data = {
-        "fidelity": inputs.read_fidelity(fidelity),
-        "curves": inputs.read_training_curves(training_metrics, layers, kind),
+        "fidelity": inputs.read_fidelity(fidelity) if "fidelity" in wanted else None,
+        "curves": inputs.read_training_curves(training_metrics, layers, kind) if "training" in wanted else None,
         "features": inputs.read_activation_frequencies(feature_metadata),
         "neurons": inputs.read_activation_frequencies(neuron_metadata) if neuron_metadata else None,
     }
@@ -56,13 +62,13 @@ def plot_run_report(outputs: Mapping[str, str | Path], *, kind: str, layers: Seq
         data["classes"] = inputs.read_classifications(interp_kinds, classifications)
         data["detection"] = inputs.read_detection_scores(interp_kinds, detection_scores)
 
-    drawn = {
-        "fidelity_plot": plots.plot_fidelity(data["fidelity"], outputs["fidelity_plot"]),
-        "fidelity_table": tables.fidelity_table(data["fidelity"], outputs["fidelity_table"]),
-        "training_plot": plots.plot_training_curves(data["curves"], outputs["training_plot"]),
-        "frequency_plot": plots.plot_activation_frequency(data["features"], data["neurons"],
-                                                          outputs["frequency_plot"]),
-    }
+    drawn = {"frequency_plot": plots.plot_activation_frequency(data["features"], data["neurons"],
+                                                               outputs["frequency_plot"])}
+    if "fidelity" in wanted:
+        drawn["fidelity_plot"] = plots.plot_fidelity(data["fidelity"], outputs["fidelity_plot"])
+        drawn["fidelity_table"] = tables.fidelity_table(data["fidelity"], outputs["fidelity_table"])
+    if "training" in wanted:
+        drawn["training_plot"] = plots.plot_training_curves(data["curves"], outputs["training_plot"])
     if "graphs" in wanted:
         drawn["graph_plot"] = plots.plot_graph_scores(data["graphs"], outputs["graph_plot"])
         drawn["graph_table"] = tables.graph_scores_table(data["graphs"], outputs["graph_table"])

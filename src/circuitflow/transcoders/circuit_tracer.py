@@ -41,6 +41,11 @@ def load_transcoder_set(config_path: str | Path, n_layers: int, d_model: int | N
     config.require_layers(range(n_layers), "attribution (circuit-tracer replaces every MLP)")
     if d_model is not None and config.d_model != d_model:
         raise ValueError(f"transcoder set {config_path} has d_model {config.d_model} but the model has {d_model}")
+    if config.imported:
+        from circuitflow.transcoders.imported import load_published_set
+
+        return load_published_set(config.loader_settings, config.kind, config.architecture.activation,
+                                  config.architecture.k, dtype=dtype)
     if config.cross_layer:
         from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
 

@@ -40,7 +40,7 @@ from circuitflow.data.dataset import read_windows
 from circuitflow.io import atomic_path, write_json
 from circuitflow.logs import Progress, pick_device
 from circuitflow.model.facts import read_model_facts
-from circuitflow.model.hooks import decoder_layers, mlp_output, mlp_recorder
+from circuitflow.model.hooks import HOOK_IN, HOOK_OUT, decoder_layers, hook_point, mlp_output, mlp_recorder
 from circuitflow.model.loading import load_model
 from circuitflow.transcoders.replacement import load_replacement
 from circuitflow.transcoders.sets import read_transcoder_set
@@ -116,27 +116,36 @@ class _Replace:
     this same pass: a per-layer transcoder its own layer's, a CLT every layer's up to it (so for
     a CLT every layer up to the last replaced one is hooked, to encode its features)."""
 
-    def __init__(self, blocks: list, replacement, replaced: tuple[int, ...], ablate: bool):
+    def __init__(self, blocks: list, replacement, replaced: tuple[int, ...], ablate: bool,
+                 hooks: tuple[str, str] = (HOOK_IN, HOOK_OUT)):
         self.replacement, self.replaced, self.ablate = replacement, set(replaced), ablate
         self.acts: dict[int, torch.Tensor] = {}
+        self.inputs: dict[int, torch.Tensor] = {}
         hooked = self.replaced
         if replacement.cross_layer and not ablate:
             hooked = [layer for layer in replacement.layers if layer <= max(replaced)]
-        self.handles = [blocks[layer].mlp.register_forward_hook(self._hook(layer)) for layer in hooked]
+        # the input hook's module runs first (the MLP itself for the default hooks, where the
+        # read hook is registered before the write hook and so runs first)
+        reads = {layer: hook_point(blocks[layer], hooks[0]) for layer in hooked if not ablate}
+        self.handles = [module.register_forward_hook(self._read(layer, read)) for layer, (module, read) in reads.items()]
+        self.handles += [hook_point(blocks[layer], hooks[1])[0].register_forward_hook(self._write(layer))
+                         for layer in hooked if layer in self.replaced]
 
-    def _hook(self, layer: int):
+    def _read(self, layer: int, read):
         def hook(module, inputs, output):
-            if not self.ablate:
-                x = inputs[0][:, 1:]
-                flat = x.reshape(-1, x.shape[-1]).float()
-                self.acts[layer] = self.replacement.encode(layer, flat)
-            if layer not in self.replaced:
-                return None
+            x = read(inputs, output)[:, 1:]
+            self.inputs[layer] = x.reshape(-1, x.shape[-1]).float()
+            self.acts[layer] = self.replacement.encode(layer, self.inputs[layer])
+        return hook
+
+    def _write(self, layer: int):
+        def hook(module, inputs, output):
             out = mlp_output(output).clone()
             if self.ablate:
                 out[:, 1:] = 0
             else:
-                out[:, 1:] = self.replacement.decode(layer, self.acts, flat).view(x.shape).to(out.dtype)
+                prediction = self.replacement.decode(layer, self.acts, self.inputs[layer])
+                out[:, 1:] = prediction.view(out[:, 1:].shape).to(out.dtype)
             return (out, *output[1:]) if isinstance(output, tuple) else out
         return hook
 
@@ -170,6 +179,7 @@ def evaluate_transcoders(model_dir: str | Path, transcoder_set: str | Path, vali
     replacement = load_replacement(set_config, settings.layers, device=device)
     layers = tuple(settings.layers)
     blocks = decoder_layers(model)
+    hooks = (set_config.feature_input_hook, set_config.feature_output_hook)  # the MLP's, unless imported
 
     windows = read_windows(validation_split)
     tokens = np.asarray(windows.column("tokens").to_pylist(), dtype=np.int64)
@@ -189,7 +199,7 @@ def evaluate_transcoders(model_dir: str | Path, transcoder_set: str | Path, vali
     with torch.inference_mode():
         for start in range(0, n_windows, settings.batch_size):
             ids = torch.from_numpy(tokens[start:min(start + settings.batch_size, n_windows)]).to(device)
-            recorder = mlp_recorder(model, layers, stop=False)  # the clean pass runs to the logits
+            recorder = mlp_recorder(model, layers, stop=False, input_hook=hooks[0], output_hook=hooks[1])
             try:
                 clean = _next_token_log_probs(model, ids)
             finally:
@@ -203,7 +213,8 @@ def evaluate_transcoders(model_dir: str | Path, transcoder_set: str | Path, vali
             progress.update(len(ids))
             splice_ids = ids[:max(0, min(len(ids), n_splice - start))]
             if len(splice_ids):
-                _splice_batch(model, blocks, replacement, layers, splice_ids, clean[:len(splice_ids)], variants)
+                _splice_batch(model, blocks, replacement, layers, splice_ids, clean[:len(splice_ids)], variants,
+                              hooks)
                 progress.update(len(splice_ids) * n_variants)
 
     result = _summarise(reconstruction, variants, settings, set_config, facts, n_windows, n_splice,
@@ -217,13 +228,14 @@ def evaluate_transcoders(model_dir: str | Path, transcoder_set: str | Path, vali
     return result
 
 
-def _splice_batch(model, blocks, replacement, layers, ids, clean, variants: _Variants) -> None:
+def _splice_batch(model, blocks, replacement, layers, ids, clean, variants: _Variants,
+                  hooks: tuple[str, str]) -> None:
     targets = ids[:, 2:]
     variants.clean.add(clean, clean, targets)
     groups = [(layer, (layer,)) for layer in layers] + [(ALL_LAYERS, layers)]
     for key, replaced in groups:
         for ablate, store in ((False, variants.spliced), (True, variants.ablated)):
-            with _Replace(blocks, replacement, replaced, ablate):
+            with _Replace(blocks, replacement, replaced, ablate, hooks):
                 log_probs = _next_token_log_probs(model, ids)
             store.setdefault(key, _Splice()).add(log_probs, clean, targets)
 

@@ -43,10 +43,60 @@ class PerLayerTranscoders:
         return self
 
 
+class CircuitTracerTranscoders:
+    """An imported set, loaded by circuit-tracer's own loaders (a `TranscoderSet` or a
+    `CrossLayerTranscoder`), seen through the same interface. Decoder rows are read through
+    circuit-tracer's `_get_decoder_vectors`, which reads them from the files when the set is lazy."""
+
+    def __init__(self, transcoders, cross_layer: bool):
+        self.transcoders, self.cross_layer = transcoders, cross_layer
+        self.n_layers = transcoders.n_layers
+        self.layers = tuple(range(self.n_layers))
+        self.n_features = transcoders.d_transcoder
+
+    @torch.no_grad()
+    def encode(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        if self.cross_layer:
+            return self.transcoders.encode_layer(x, layer)
+        return self.transcoders[layer].encode(x)
+
+    def _decoder(self, layer: int) -> torch.Tensor:
+        if self.cross_layer:
+            return self.transcoders._get_decoder_vectors(layer)  # [features, n_layers - layer, d_model]
+        return self.transcoders[layer]._get_decoder_vectors()  # [features, d_model]
+
+    @torch.no_grad()
+    def decode(self, layer: int, acts: Mapping[int, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        if not self.cross_layer:
+            return self.transcoders[layer].decode(acts[layer], x)
+        out = self.transcoders.b_dec[layer].expand(x.shape[0], -1).clone()
+        for source in range(layer + 1):
+            out += acts[source] @ self._decoder(source)[:, layer - source]
+        return out
+
+    def output_directions(self, layer: int) -> torch.Tensor:
+        decoder = self._decoder(layer)
+        return decoder[:, -1] if self.cross_layer else decoder
+
+    def to(self, device) -> CircuitTracerTranscoders:
+        self.transcoders.to(device)
+        return self
+
+    def eval(self) -> CircuitTracerTranscoders:
+        self.transcoders.eval()
+        return self
+
+
 def load_replacement(config: TranscoderSetConfig, layers=None, decoders: bool = True, device="cpu"):
     """The set's transcoders for `layers` (default: all) as a `PerLayerTranscoders` or a
     `CrossLayerTranscoder` (all its layers; without `decoders` only what encoding and the logit
-    lens need), in eval mode on `device`."""
+    lens need), in eval mode on `device`. An imported set is loaded by circuit-tracer."""
+    if config.imported:
+        from circuitflow.transcoders.imported import load_published_set
+
+        transcoders = load_published_set(config.loader_settings, config.kind, config.architecture.activation,
+                                         config.architecture.k, device=device)
+        return CircuitTracerTranscoders(transcoders, config.cross_layer).eval()
     if config.cross_layer:
         model: CrossLayerTranscoder = load_cross_layer_transcoder(config.folder, config.d_model, decoders=decoders)
         return model.to(device).eval()

@@ -54,6 +54,17 @@ class TranscoderSetConfig:
     feature_input_hook: str
     feature_output_hook: str
     kind: str = PER_LAYER
+    source: dict | None = None  # an imported set (transcoder.source): where its files are, how to load them
+
+    @property
+    def imported(self) -> bool:
+        return self.source is not None
+
+    @property
+    def loader_settings(self) -> dict:
+        """What circuit-tracer's loaders need of an imported set (`imported.load_published_set`)."""
+        return {**(self.source or {}), "layers": {layer: str(path) for layer, path in self.layers.items()},
+                "feature_input_hook": self.feature_input_hook, "feature_output_hook": self.feature_output_hook}
 
     @property
     def cross_layer(self) -> bool:
@@ -162,18 +173,30 @@ def read_transcoder_set(config_path: str | Path) -> TranscoderSetConfig:
             **({"k": int(config["k"])} if config.get("k") is not None else {}))
         parsed = TranscoderSetConfig(path, config["model_name"], layers, architecture, int(config["d_model"]),
                                      config["scan"], config["feature_input_hook"], config["feature_output_hook"],
-                                     config.get("model_kind", PER_LAYER))
+                                     config.get("model_kind", PER_LAYER), config.get("source"))
     except FileNotFoundError:
         raise TranscoderSetError(f"transcoder set {path} does not exist") from None
     except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise TranscoderSetError(
             f"transcoder set {path} is not a circuitflow set config ({type(error).__name__}: {error}); "
             "rerun write_transcoder_set") from None
-    if parsed.cross_layer:
+    if parsed.imported:
+        _check_imported_files(parsed)
+    elif parsed.cross_layer:
         _check_cross_layer_files(parsed, config)
     else:
         _check_layer_files(parsed)
     return parsed
+
+
+def _check_imported_files(config: TranscoderSetConfig) -> None:
+    """An imported set's files are where import_transcoder_set found them (not moved or deleted)."""
+    decoders = {int(layer): Path(path) for layer, path in (config.source.get("decoders") or {}).items()}
+    for layer, path in [*config.layers.items(), *decoders.items()]:
+        if not path.is_file():
+            raise TranscoderSetError(f"transcoder set {config.path} imports {path} for layer {layer}, but that file "
+                                     f"no longer exists; restore {config.source.get('uri')} or rerun "
+                                     "import_transcoder_set")
 
 
 def _check_cross_layer_files(config: TranscoderSetConfig, raw: dict) -> None:

@@ -219,3 +219,34 @@ def test_imported_set_attributes_a_prompt(tmp_path, tiny_model_dir, extra):
                               out / "p.scores.json", AttributePromptSettings(max_feature_nodes=32, batch_size=16,
                                                                              device="cpu"))
     assert scores["active_features"] > 0 and 0 <= scores["replacement_score"] <= 1
+
+
+@pytest.mark.parametrize("hooks", [("mlp.hook_in", "mlp.hook_out"), ("hook_resid_mid", "hook_mlp_out")])
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_fidelity_and_features_of_an_imported_set(tmp_path, tiny_model_dir, tiny_corpus, hooks, kind):
+    """evaluation.imported_set and feature collection run on imported sets, at the set's own hooks."""
+    from circuitflow.config import CollectFeaturesSettings, EvaluateTranscodersSettings
+    from circuitflow.config import PrepareDatasetSettings
+    from circuitflow.data import prepare_dataset
+    from circuitflow.features import collect_features
+    from circuitflow.transcoders import evaluate_transcoders
+
+    folder = write_plt(tmp_path / "set") if kind == "plt" else write_clt(tmp_path / "set")
+    raw = yaml.safe_load((folder / "config.yaml").read_text())
+    raw.update(feature_input_hook=hooks[0], feature_output_hook=hooks[1])
+    (folder / "config.yaml").write_text(yaml.safe_dump(raw))
+    import_transcoder_set(tiny_model_dir, tmp_path / "run/config.yaml", settings(folder, tiny_model_dir))
+    prepare_dataset(tiny_model_dir, tmp_path / "train.parquet", tmp_path / "validation.parquet", tmp_path / "s.json",
+                    PrepareDatasetSettings(source=str(tiny_corpus), context_length=32, train_tokens=200,
+                                           validation_tokens=300))
+    result = evaluate_transcoders(tiny_model_dir, tmp_path / "run/config.yaml", tmp_path / "validation.parquet",
+                                  tmp_path / "f.json", tmp_path / "f.csv",
+                                  EvaluateTranscodersSettings(layers=(0, 1), windows=4, splice_windows=2, batch_size=2,
+                                                              device="cpu"))
+    assert result["all_layers"]["splice_tokens"] > 0 and all(row["fvu"] >= 0 for row in result["layers"])
+    metadata = collect_features(tiny_model_dir, tmp_path / "run/config.yaml", tmp_path / "validation.parquet",
+                                tmp_path / "features", tmp_path / "features.json",
+                                CollectFeaturesSettings(layers=(0, 1), source_id="imported", batch_size=4, top_k=3,
+                                                        n_quantiles=2, examples_per_quantile=1, n_random=1,
+                                                        histogram_bins=5, device="cpu"))
+    assert list((tmp_path / "features").glob("*.json")) and metadata

@@ -250,3 +250,66 @@ def test_fidelity_and_features_of_an_imported_set(tmp_path, tiny_model_dir, tiny
                                                         n_quantiles=2, examples_per_quantile=1, n_random=1,
                                                         histogram_bins=5, device="cpu"))
     assert list((tmp_path / "features").glob("*.json")) and metadata
+
+
+def test_gemmascope_style_set_fetches_files_of_another_repo(tmp_path, monkeypatch, tiny_model_dir):
+    """A set whose config.yaml lists .npz files of another repo (as mntss/gemma-scope-transcoders
+    points at Google's): download_transcoder_set fetches them from the stand-in hub beside the
+    snapshot, the headers give the sizes, and circuit-tracer's GemmaScope reader loads them."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    import numpy as np
+
+    from ..hub_server import WRITE_TOKEN, StandInHub
+
+    rng = np.random.default_rng(0)
+    weights = tmp_path / "weights"
+    for layer in (0, 1):
+        (weights / f"layer_{layer}/width_tiny").mkdir(parents=True)
+        np.savez(weights / f"layer_{layer}/width_tiny/params.npz", W_enc=rng.normal(size=(D_MODEL, FEATURES)),
+                 W_dec=rng.normal(size=(FEATURES, D_MODEL)), b_enc=rng.normal(size=FEATURES) * 0.1,
+                 b_dec=rng.normal(size=D_MODEL), threshold=rng.uniform(0, 0.5, size=FEATURES))
+    set_folder = tmp_path / "set-files"
+    set_folder.mkdir()
+    (set_folder / "config.yaml").write_text(yaml.safe_dump({
+        "model_kind": "transcoder_set", "model_name": "org/tiny-lm", "feature_input_hook": "ln2.hook_normalized",
+        "feature_output_hook": "hook_mlp_out",
+        "transcoders": [f"hf://circuitflow-test/scope-weights/layer_{i}/width_tiny/params.npz" for i in (0, 1)]}))
+    script = textwrap.dedent(f"""
+        import json
+        from huggingface_hub import HfApi
+        from circuitflow.transcoders.imported import download_transcoder_set
+        api = HfApi()
+        for repo, folder in (("circuitflow-test/scope-weights", {str(weights)!r}),
+                             ("circuitflow-test/gemma-scope-tiny", {str(set_folder)!r})):
+            api.create_repo(repo)
+            api.upload_folder(repo_id=repo, folder_path=folder)
+        print(json.dumps(download_transcoder_set("hf://circuitflow-test/gemma-scope-tiny", "receipt.json")))
+    """)
+    with StandInHub(tmp_path / "hub") as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home"),
+               "HF_HUB_OFFLINE": "0", "HF_TOKEN": WRITE_TOKEN}
+        done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    receipt = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "external/circuitflow-test/scope-weights/layer_1/width_tiny/params.npz" in receipt["files"]
+    folder = tmp_path / receipt["folder"]
+    published = read_published_set(folder, "hf://circuitflow-test/gemma-scope-tiny", "circuitflow-test/gemma-scope-tiny")
+    assert (published.n_layers, published.d_model, published.n_features, published.activation) == \
+        (2, D_MODEL, FEATURES, "jumprelu")
+    assert published.tensor_bytes["eager_only"] == 1  # circuit-tracer reads .npz files whole
+    run = tmp_path / "run/config.yaml"
+    monkeypatch.chdir(tmp_path)  # where the workflow runs: resources/ is relative to it
+    import_transcoder_set(tiny_model_dir, run, ImportTranscoderSetSettings(
+        model_source=str(tiny_model_dir), source="hf://circuitflow-test/gemma-scope-tiny", scan="./data/features"),
+        receipt=tmp_path / "receipt.json")
+    x = torch.randn(5, D_MODEL)
+    params = np.load(folder / "external/circuitflow-test/scope-weights/layer_1/width_tiny/params.npz")
+    pre = x @ torch.tensor(params["W_enc"], dtype=torch.float32) + torch.tensor(params["b_enc"], dtype=torch.float32)
+    expected = pre * (pre > torch.tensor(params["threshold"], dtype=torch.float32))
+    assert torch.allclose(load_replacement(read_transcoder_set(run)).encode(1, x), expected, atol=1e-5)

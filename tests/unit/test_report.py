@@ -203,3 +203,16 @@ def test_importing_the_package_does_not_load_matplotlib():
     """Snakemake parses the workflow for every command: plotting libraries load only in the job."""
     code = "import sys, circuitflow.report; print('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_imported_set_without_fidelity_or_training(tmp_path):
+    """transcoder.source: no training curves, and no fidelity unless evaluation.imported_set asks."""
+    inputs = write_run(tmp_path)
+    inputs.update(training_metrics=[], fidelity=None)
+    out = {name: path for name, path in outputs(tmp_path / "report").items()
+           if name not in ("fidelity_plot", "fidelity_table", "training_plot")}
+    drawn = plot_run_report(out, kind="plt", layers=LAYERS, interp_kinds=KINDS, **inputs)
+    assert "fidelity_plot" not in drawn and "training_plot" not in drawn and "graph_plot" in drawn
+    assert not (tmp_path / "report/fidelity_plot.png").exists()
+    with pytest.raises(ValueError, match="do not match the inputs given"):  # a fidelity output nothing draws
+        plot_run_report(outputs(tmp_path / "again"), kind="plt", layers=LAYERS, interp_kinds=KINDS, **inputs)

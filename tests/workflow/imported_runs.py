@@ -34,6 +34,8 @@ def run_imported(workdir: Path, base_config: dict, source: str, run: str, target
     plan = job_counts(snakemake(workdir, "-n", *graph_files, "features", *targets, "--configfile", f"{run}.yaml",
                                 env=env).stdout)
     assert not TRAINING_RULES & set(plan), plan
+    everything = job_counts(snakemake(workdir, "-n", "--configfile", f"{run}.yaml", env=env).stdout)  # `all`
+    assert everything["plot_run_report"] == 1 and not TRAINING_RULES & set(everything), everything
     counts = job_counts(snakemake(workdir, "--cores", "2", *graph_files, "features", *targets,
                                   "--configfile", f"{run}.yaml", env=env, timeout=1500).stdout)
     assert counts["import_transcoder_set"] == 1 and not TRAINING_RULES & set(counts), counts

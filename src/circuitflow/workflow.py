@@ -26,7 +26,7 @@ from circuitflow.config import (
 from circuitflow.data.dataset import local_source_files
 from circuitflow.data.prompts import CONFIG_ORIGIN, discover_prompts
 from circuitflow.model.facts import ModelFacts, read_model_facts
-from circuitflow.model.families import check_attributable
+from circuitflow.model.families import check_attributable, check_hooks
 from circuitflow.model.source import resolve_source, source_facts
 from circuitflow.transcoders.imported import (
     CROSS_LAYER,
@@ -156,6 +156,8 @@ def _imported_layers(config: dict, published: PublishedSet, facts: ModelFacts | 
                      model_source: str) -> tuple[tuple[int, ...], str]:
     """An imported set covers layers 0..n-1 of the model (checked here); its kind is its own."""
     check_against_model(published, facts, model_source)
+    check_hooks(facts.architecture if facts is not None else None,
+                (published.feature_input_hook, published.feature_output_hook), published.origin)
     warning = check_model_name(published, model_source, config_value(config, "transcoder.allow_model_mismatch"))
     if warning:
         print(f"circuitflow: warning: {warning} (transcoder.allow_model_mismatch is true)", file=sys.stderr)

@@ -156,6 +156,9 @@ def test_model_source_defaults_to_the_sets_model_name(tmp_path, monkeypatch, tin
         "model_kind": "sparse_autoencoder", "feature_input_hook": "a", "feature_output_hook": "b"}))),
      r"model_kind 'sparse_autoencoder' .* is not one circuit-tracer loads"),
     (lambda f: write_plt(f, extra={"feature_input_hook": "hook_resid_pre"}), r"hooks hook_resid_pre -> mlp.hook_out"),
+    (lambda f: write_plt(f, extra={"feature_input_hook": "ln2.hook_normalized"}),
+     r"reads ln2.hook_normalized, which circuit-tracer 0.5.0 maps for Gemma2ForCausalLM, Gemma3ForCausalLM only, "
+     r"not for the model's LlamaForCausalLM"),
     (lambda f: (write_plt(f, extra={"transcoders": ["layer_0.safetensors", "gone/layer_1.safetensors"]})),
      r"the file for layer 1, .*gone/layer_1.safetensors, does not exist"),
 ])

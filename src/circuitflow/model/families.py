@@ -35,6 +35,24 @@ MODEL_TYPES = {
 }
 
 
+# Hook names circuit-tracer 0.5.0's nnsight backend maps only for some families (the others are
+# mapped for every family above, by circuit-tracer or by circuitflow.attribution.patches).
+HOOKS_OF_SOME_FAMILIES = {"ln2.hook_normalized": ("Gemma2ForCausalLM", "Gemma3ForCausalLM")}
+
+
+def check_hooks(architecture: str | None, hooks: tuple[str, str], origin: str) -> None:
+    """Raise ConfigError (one line) when a published set reads a hook circuit-tracer cannot find
+    in this family (GemmaScope's ln2.hook_normalized exists for Gemma only)."""
+    if architecture is None:
+        return
+    name = MODEL_TYPES.get(architecture, architecture)
+    for hook in hooks:
+        families = HOOKS_OF_SOME_FAMILIES.get(hook)
+        if families is not None and name not in families:
+            raise ConfigError(f"transcoder.source {origin} reads {hook}, which circuit-tracer 0.5.0 maps for "
+                              f"{', '.join(families)} only, not for the model's {name}")
+
+
 def check_attributable(architecture: str | None, backend: str) -> None:
     """Raise ConfigError (one line) unless circuit-tracer's `backend` can attribute `architecture`.
 

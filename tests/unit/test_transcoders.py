@@ -388,7 +388,7 @@ def test_training_resumes_after_kill_9_with_identical_weights(tmp_path):
                               eval_tokens=500, dead_tokens=2000, checkpoint_every=10, seed=3, device="cpu")
     uninterrupted = train(shard, settings, tmp_path / "a", "layer_0")
     assert uninterrupted["resumed_from_step"] == 0
-    assert not (tmp_path / "a" / "checkpoints").exists()  # removed once the weights are written
+    assert not (tmp_path / "a" / "checkpoints" / "layer_0.pt").exists()  # removed once the weights are written
 
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SECOND_CHECKPOINT, str(shard),
                              json.dumps(as_params(settings)), str(tmp_path / "b" / "layer_0")])

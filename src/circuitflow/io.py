@@ -78,6 +78,29 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def tensor_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
+    """Tensor name -> shape from a safetensors or .npz file's headers (no tensor is read)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        import zipfile
+
+        import numpy as np
+
+        shapes = {}
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                with archive.open(name) as member:
+                    version = np.lib.format.read_magic(member)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)(member)
+                    shapes[name.removesuffix(".npy")] = list(header[0])
+        return shapes
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -59,10 +59,3 @@ def test_relative_links_point_at_existing_files(doc):
         if not (doc.parent / path).exists():
             missing.append(target)
     assert not missing, f"{doc.relative_to(ROOT)} links to missing files: {missing}"
-
-
-def test_no_document_reads_as_a_diary():
-    for doc in DOCS:
-        text = doc.read_text(encoding="utf-8").lower()
-        for phrase in ("this session", "previous session", "earlier session", "last time"):
-            assert phrase not in text, f"{doc.relative_to(ROOT)} says {phrase!r}"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -29,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 from circuitflow.config import ConfigError, ImportTranscoderSetSettings
-from circuitflow.io import atomic_path, write_json
+from circuitflow.io import atomic_path, read_json, tensor_shapes, write_json
 from circuitflow.model.facts import ModelFacts, read_model_facts
 from circuitflow.model.hooks import INPUT_HOOKS, OUTPUT_HOOKS
 from circuitflow.model.source import HUB_ID, resolve_source
@@ -225,26 +224,6 @@ def _encoder_files(folder: Path, origin: str, names: list[str]) -> tuple[dict[in
             {i: folder / f"W_dec_{i}.safetensors" for i in range(n_layers)})
 
 
-def tensor_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape from a safetensors or npz file's headers (no tensor is read)."""
-    if path.suffix == ".npz":
-        import numpy as np
-
-        shapes = {}
-        with zipfile.ZipFile(path) as archive:
-            for name in archive.namelist():
-                with archive.open(name) as member:
-                    version = np.lib.format.read_magic(member)
-                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                              else np.lib.format.read_array_header_2_0)(member)
-                    shapes[name.removesuffix(".npy")] = list(header[0])
-        return shapes
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
-
-
 def _numel(shape: list[int]) -> int:
     n = 1
     for size in shape:
@@ -429,8 +408,6 @@ def import_transcoder_set(model_dir: str | Path, out_config: str | Path, setting
                           receipt: str | Path | None = None) -> dict:
     """Rule import_transcoder_set: check the set against the materialized model and write the
     run's set config (circuitflow's keys, plus `source:` for circuit-tracer's loaders)."""
-    from circuitflow.io import read_json
-
     source = parse_set_source(settings.source)
     commit = read_json(receipt)["commit"] if receipt else None
     published = read_published_set(source.folder, source.uri, source.repo_id)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from circuitflow.config import TranscoderArchitecture
-from circuitflow.io import atomic_path, read_json, write_json
+from circuitflow.io import atomic_path, read_json, tensor_shapes, write_json
 from circuitflow.model.hooks import HOOK_IN, HOOK_OUT
 
 ACTIVATIONS = ("topk", "relu", "jumprelu")
@@ -143,8 +143,6 @@ def read_architecture(weights: str | Path) -> dict | None:
 def check_transcoder_file(weights: str | Path, layer: int, d_model: int) -> dict:
     """The architecture record of one layer's files, after checking it names `layer` and that
     every tensor has the shape it and the model's `d_model` imply (read from the header only)."""
-    from safetensors import safe_open
-
     weights = Path(weights)
     record = read_architecture(weights)
     if record is None:
@@ -158,8 +156,7 @@ def check_transcoder_file(weights: str | Path, layer: int, d_model: int) -> dict
         expected["W_skip"] = [d_model, d_model]
     if record["activation"] == "jumprelu":
         expected["activation_function.threshold"] = [n_features]
-    with safe_open(str(weights), framework="pt") as handle:
-        shapes = {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    shapes = tensor_shapes(weights)
     for key, shape in expected.items():
         if shapes.get(key) != shape:
             raise TranscoderFileError(

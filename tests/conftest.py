@@ -186,9 +186,9 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 def copy_workflow(dst: Path) -> Path:
-    """A copy of the workflow files (Snakefile, rules, scripts, config schema, envs, profiles,
-    report captions)."""
-    for name in ("Snakefile", "rules", "workflow", "config", "envs", "profiles", "report"):
+    """A copy of the workflow files: workflow/ (Snakefile, rules, scripts, envs, report
+    captions, schema), config/ and profiles/."""
+    for name in ("workflow", "config", "profiles"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
     return dst

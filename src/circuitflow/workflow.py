@@ -28,6 +28,7 @@ from circuitflow.data.prompts import CONFIG_ORIGIN, discover_prompts
 from circuitflow.model.facts import ModelFacts, read_model_facts
 from circuitflow.model.families import check_attributable, check_hooks
 from circuitflow.model.source import resolve_source, source_facts
+from circuitflow.paths import GRAPHS_LINK, RunPaths, per_layer, per_prompt
 from circuitflow.transcoders.imported import (
     CROSS_LAYER,
     PublishedSet,
@@ -56,6 +57,10 @@ class WorkflowPlan:
     set_source: SetSource | None = None  # transcoder.source: a published set instead of training
     evaluate: bool = True  # evaluate_transcoders is part of the default target (always, unless imported)
     architecture: str | None = None  # the model's architecture, when known at parse time
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(self.results)
 
     @property
     def imported(self) -> bool:
@@ -94,6 +99,9 @@ def _resolve(wanted, available: list[int], key: str, what: str) -> tuple[int, ..
 def plan_workflow(config: dict) -> WorkflowPlan:
     """Resolve the validated config into the run's plan, failing early with the key named."""
     settings = build(WorkflowSettings, config)
+    if f"results/{settings.run}" == GRAPHS_LINK:
+        raise ConfigError(f"run {settings.run!r} is taken: {GRAPHS_LINK}/ links to a run's graphs; name the run "
+                          "anything else")
     set_source = published = None
     if settings.transcoder_source is not None:
         set_source = parse_set_source(settings.transcoder_source)
@@ -181,27 +189,26 @@ def training_metrics_files(plan: WorkflowPlan) -> list[str]:
     if plan.imported:
         return []
     if plan.kind == "clt":
-        return [f"{plan.results}/transcoders/clt.metrics.json"]
-    return [f"{plan.results}/transcoders/layer_{layer}.metrics.json" for layer in plan.layers]
+        return [plan.paths.clt_metrics]
+    return per_layer(plan.paths.layer_metrics, plan.layers)
 
 
 def graph_score_files(plan: WorkflowPlan) -> list[str]:
     """Each prompt's graph scores, when the set is complete (graphs exist only then)."""
-    return [f"{plan.results}/attribution/{slug}.scores.json" for slug in plan.prompts] if plan.complete else []
+    return per_prompt(plan.paths.graph_scores, plan.prompts) if plan.complete else []
 
 
 def transcoder_files(plan: WorkflowPlan) -> dict[str, list[str]]:
     """The transcoder set's weights and architecture files, for either kind (an imported set's
     files stay where import_transcoder_set found them: none here)."""
-    folder = f"{plan.results}/transcoders"
+    paths = plan.paths
     if plan.imported:
         return {"weights": [], "architectures": []}
     if plan.kind == "clt":
-        return {"weights": [f"{folder}/W_enc_{layer}.safetensors" for layer in plan.layers]
-                + [f"{folder}/W_dec_{layer}.safetensors" for layer in plan.layers],
-                "architectures": [f"{folder}/clt.architecture.json"]}
-    return {"weights": [f"{folder}/layer_{layer}.safetensors" for layer in plan.layers],
-            "architectures": [f"{folder}/layer_{layer}.architecture.json" for layer in plan.layers]}
+        return {"weights": per_layer(paths.clt_encoder, plan.layers) + per_layer(paths.clt_decoder, plan.layers),
+                "architectures": [paths.clt_architecture]}
+    return {"weights": per_layer(paths.layer_weights, plan.layers),
+            "architectures": per_layer(paths.layer_architecture, plan.layers)}
 
 
 def rule_params(rule: str, config: dict, plan: WorkflowPlan) -> dict:
@@ -303,22 +310,21 @@ def hub_repo_inputs(config: dict, plan: WorkflowPlan) -> dict[str, list[str] | s
     features and their metadata, the measured figures, the shareable graphs (when the set is
     complete) and the features' interp files (unless hub.include_interp is false)."""
     hub = require_hub(config, plan)
-    results, files = plan.results, transcoder_files(plan)
+    paths, files = plan.paths, transcoder_files(plan)
     inputs: dict[str, list[str] | str] = {
-        "transcoders": f"{results}/transcoders/config.yaml",
+        "transcoders": paths.transcoder_set,
         "weights": files["weights"],
         "architectures": files["architectures"],
         "training_metrics": training_metrics_files(plan),
-        "packed": f"{results}/features/packed",
-        "feature_metadata": f"{results}/features/feature_metadata.json",
-        "dataset": f"{results}/dataset/summary.json",
+        "packed": paths.packed_features,
+        "feature_metadata": paths.metadata("features"),
+        "dataset": paths.dataset_summary,
     }
     if plan.evaluate:  # an imported set is measured only when evaluation.imported_set asks
-        inputs["fidelity"] = f"{results}/transcoders/fidelity.json"
-        inputs["fidelity_table"] = f"{results}/transcoders/fidelity.csv"
+        inputs["fidelity"] = paths.fidelity
+        inputs["fidelity_table"] = paths.fidelity_table
     if plan.complete:
-        inputs["graphs"] = "results/graphs-hub"
+        inputs["graphs"] = paths.graphs_hub
     if hub.include_interp:
-        inputs["interp"] = [f"{results}/interp/features/{name}"
-                            for name in ("feature_classifications.json", "autointerp.json", "scores.json")]
+        inputs["interp"] = paths.interp_outputs("features")
     return inputs

@@ -83,7 +83,7 @@ def test_publish_tiny_run_to_stand_in_hub(tmp_path, tiny_llama_source, tiny_corp
         assert figures["dataset_sha256"] == dataset["source_sha256"] and dataset["source_sha256"] in card.text
         for row in fidelity["layers"]:
             assert f"| {row['layer']} | {row['fvu']:.3f} | {row['l0']:.1f} | {row['dead_fraction']:.3f} |" in card.text
-        scores = json.loads((tmp_path / "results/graphs/graph-scores.json").read_text())
+        scores = json.loads((results / "graphs/graph-scores.json").read_text())
         for slug, score in scores.items():
             assert f"| `{slug}` | {score['replacement_score']:.3f} | {score['completeness_score']:.3f} |" in card.text
             assert figures["graph_scores"][slug]["replacement"] == round(score["replacement_score"], 6)
@@ -92,10 +92,10 @@ def test_publish_tiny_run_to_stand_in_hub(tmp_path, tiny_llama_source, tiny_corp
 
         # Shareable graphs read their features from the repo; no local path or token is published.
         for slug in ("france-capital", "genesis"):
-            graph = json.loads((tmp_path / "results/graphs-hub" / f"{slug}.json").read_text())
+            graph = json.loads((results / "graphs-hub" / f"{slug}.json").read_text())
             assert graph["metadata"]["scan"] == REPO
             assert json.loads(staged[f"graphs/{slug}.json"])["metadata"]["scan"] == REPO
-        assert not (tmp_path / "results/graphs-hub/features").exists()
+        assert not (results / "graphs-hub/features").exists()
         for name, data in staged.items():
             if name.endswith((".json", ".yaml", ".md", ".csv")):
                 assert str(tmp_path).encode() not in data, f"{name} holds the working directory's path"
@@ -127,12 +127,12 @@ def test_publish_tiny_run_to_stand_in_hub(tmp_path, tiny_llama_source, tiny_corp
 
         # transcoder.source: the published set explained again from the hub, with no training job,
         # to labelled graphs equal to the first run's; the download records the commit it got.
-        counts = run_imported(tmp_path, config, f"hf://{REPO}", "from-hub", ("results/graphs/",),
+        counts = run_imported(tmp_path, config, f"hf://{REPO}", "from-hub", ("graphs",),
                               env=hub_env(hub, home))
         assert counts["download_transcoder_set"] == 1 and counts["explain_features"] == 1
         receipt = json.loads((tmp_path / f"resources/transcoders/{REPO}/main.download.json").read_text())
         assert receipt["commit"] == hub.commits(REPO)[-1].oid and "layer_1.safetensors" in receipt["files"]
-        labels = [n["clerp"] for n in json.loads((tmp_path / "results/graphs/france-capital.json").read_text())["nodes"]
+        labels = [n["clerp"] for n in json.loads((tmp_path / "results/from-hub/graphs/france-capital.json").read_text())["nodes"]
                   if n["feature_type"] == "cross layer transcoder"]
         assert labels and all(labels)
         # Its repo credits the source at the downloaded commit and points at its weights (no copy).

@@ -209,7 +209,8 @@ def check_labels(interp: Path, graphs: Path) -> None:
             if record is not None and record["description"]:
                 assert feature["explanation"] == record["description"] and "detection_score" in feature
                 assert feature["category"]
-    assert "trivial" in sources  # the tiny config explains only 2 graph features with the LLM
+    # the tiny config explains only 2 graph features with the LLM: both kinds of label reach nodes
+    assert sources == {"llm", "trivial"}, sources
 
 
 @pytest.mark.slow
@@ -219,7 +220,13 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
     run = snakemake(tmp_path, "--cores", "2", "results/graphs/", "--configfile", "tiny.yaml")
     assert job_counts(run.stdout)["train_transcoder"] == 2
 
+    # results/graphs/ (the README's target) links to the run's own folder, entry by entry
     graphs = tmp_path / "results" / "graphs"
+    run_graphs = tmp_path / "results/tiny/graphs"
+    assert sorted(p.name for p in graphs.iterdir() if not p.name.startswith(".")) == sorted(
+        p.name for p in run_graphs.iterdir() if not p.name.startswith("."))
+    assert (graphs / "france-capital.json").is_symlink() and (graphs / "features").is_symlink()
+    assert (graphs / "france-capital.json").resolve() == (run_graphs / "france-capital.json").resolve()
     metadata = json.loads((graphs / "graph-metadata.json").read_text())
     assert sorted(g["slug"] for g in metadata["graphs"]) == ["france-capital", "genesis"]
     scores = json.loads((graphs / "graph-scores.json").read_text())
@@ -286,7 +293,7 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
     assert job_counts(rerun.stdout) == {"train_transcoder": 1, "write_transcoder_set": 1,
                                         "collect_features": 1, "attribute_prompt": 2, "select_features": 1,
                                         "classify_features": 1, "explain_features": 1, "score_explanations": 1,
-                                        "assemble_graphs": 1, "total": 10}
+                                        "assemble_graphs": 1, "link_graphs": 1, "total": 11}
     assert layer0.stat().st_mtime_ns == before[layer0] and shard1.stat().st_mtime_ns == before[shard1]
     assert layer1.stat().st_mtime_ns != before[layer1]
     assert "Nothing to be done" in snakemake(tmp_path, "-n", "results/graphs/", "--configfile", "tiny.yaml").stdout
@@ -322,8 +329,9 @@ def test_cross_layer_workflow(tmp_path, tiny_llama_source, tiny_corpus):
     assert (results / "features/packed/index.json.gz").is_file()
     assert "Nothing to be done" in snakemake(tmp_path, "-n", "transcoders", *graph_files,
                                              "--configfile", "clt.yaml").stdout
-    snakemake(tmp_path, "--cores", "2", "results/graphs/", "--configfile", "clt.yaml")
-    graphs = tmp_path / "results" / "graphs"
+    snakemake(tmp_path, "--cores", "2", "graphs", "--configfile", "clt.yaml")  # the run's own folder
+    graphs = results / "graphs"
+    assert not (tmp_path / "results/graphs").exists()
     check_served_like_a_user(graphs, "france-capital")
     check_labels(results / "interp/features", graphs)
 
@@ -369,7 +377,7 @@ def test_bad_prompt_fails_alone(tmp_path, tiny_llama_source, tiny_corpus):
         assert (tmp_path / f"results/tiny/attribution/{slug}.json").is_file()
     for slug in ("empty", "too-long"):
         assert not (tmp_path / f"results/tiny/attribution/{slug}.json").exists()
-    assert not (tmp_path / "results/graphs").exists()
+    assert not (tmp_path / "results/graphs").exists() and not (tmp_path / "results/tiny/graphs").exists()
 
 
 @pytest.mark.slow

@@ -3,8 +3,8 @@ rule cache_activations:
         model=MODEL_DIR,
         train=rules.prepare_dataset.output.train,
     output:
-        shards=per_layer("activations/layer_{layer}.parquet"),
-        manifest=f"{RESULTS}/activations/manifest.json",
+        shards=per_layer(PATHS.shard, PLAN.layers),
+        manifest=PATHS.activations_manifest,
     params:
         settings=settings("cache_activations"),
     log:
@@ -19,4 +19,4 @@ rule cache_activations:
     conda:
         ENV
     script:
-        "../workflow/scripts/cache_activations.py"
+        "../scripts/cache_activations.py"

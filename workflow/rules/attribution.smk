@@ -5,9 +5,9 @@ rule attribute_prompt:
         transcoders=complete_transcoder_set,
         weights=TRANSCODER_WEIGHTS,
     output:
-        graph=f"{RESULTS}/attribution/{{slug}}.json",
-        metadata=f"{RESULTS}/attribution/{{slug}}.metadata.json",
-        scores=f"{RESULTS}/attribution/{{slug}}.scores.json",
+        graph=PATHS.graph,
+        metadata=PATHS.graph_metadata,
+        scores=PATHS.graph_scores,
     params:
         prompt=lambda wildcards: prompt_param(config, PLAN, wildcards.slug),
         settings=settings("attribute_prompt"),
@@ -23,4 +23,4 @@ rule attribute_prompt:
     conda:
         ENV
     script:
-        "../workflow/scripts/attribute_prompt.py"
+        "../scripts/attribute_prompt.py"

@@ -5,8 +5,8 @@ rule collect_features:
         transcoders=TRANSCODER_SET,
         weights=TRANSCODER_WEIGHTS,
     output:
-        features=directory(f"{RESULTS}/features/json"),
-        metadata=f"{RESULTS}/features/feature_metadata.json",
+        features=directory(PATHS.examples("features")),
+        metadata=PATHS.metadata("features"),
     params:
         settings=settings("collect_features"),
     log:
@@ -21,7 +21,7 @@ rule collect_features:
     conda:
         ENV
     script:
-        "../workflow/scripts/collect_features.py"
+        "../scripts/collect_features.py"
 
 
 rule collect_neurons:
@@ -29,8 +29,8 @@ rule collect_neurons:
         model=MODEL_DIR,
         validation=rules.prepare_dataset.output.validation,
     output:
-        features=directory(f"{RESULTS}/neurons/json"),
-        metadata=f"{RESULTS}/neurons/feature_metadata.json",
+        features=directory(PATHS.examples("neurons")),
+        metadata=PATHS.metadata("neurons"),
     params:
         settings=settings("collect_neurons"),
     log:
@@ -45,7 +45,7 @@ rule collect_neurons:
     conda:
         ENV
     script:
-        "../workflow/scripts/collect_neurons.py"
+        "../scripts/collect_neurons.py"
 
 
 # circuit-tracer's packed binary (index.json.gz + layer_{L}.bin): the `features/` folder of a
@@ -55,7 +55,7 @@ rule pack_features:
         features=rules.collect_features.output.features,
         transcoders=TRANSCODER_SET,
     output:
-        directory(f"{RESULTS}/features/packed"),
+        directory(PATHS.packed_features),
     log:
         f"{RESULTS}/logs/pack_features.log",
     benchmark:
@@ -67,4 +67,4 @@ rule pack_features:
     conda:
         ENV
     script:
-        "../workflow/scripts/pack_features.py"
+        "../scripts/pack_features.py"

@@ -17,7 +17,7 @@ if PLAN.imported:
             conda:
                 ENV
             script:
-                "../workflow/scripts/download_transcoder_set.py"
+                "../scripts/download_transcoder_set.py"
 
     rule import_transcoder_set:
         input:
@@ -36,4 +36,4 @@ if PLAN.imported:
         conda:
             ENV
         script:
-            "../workflow/scripts/import_transcoder_set.py"
+            "../scripts/import_transcoder_set.py"

@@ -1,4 +1,6 @@
 # Parse-time plan and getters shared by every .smk file; all of them call circuitflow.workflow.
+# Output paths come from PATHS (circuitflow.paths), where each is declared once.
+from circuitflow.paths import GRAPHS_LINK, INTERP_UNITS, per_layer, per_prompt
 from circuitflow.workflow import (
     caption_values,
     cross_layer_weights,
@@ -18,36 +20,25 @@ from circuitflow.workflow import (
 )
 
 PLAN = plan_workflow(config)
-RESULTS = PLAN.results
+PATHS = PLAN.paths
+RESULTS = PLAN.results  # logs/ and benchmarks/ of each rule sit under it
 MODEL_DIR = PLAN.model_dir
-TRANSCODER_SET = f"{RESULTS}/transcoders/config.yaml"
+TRANSCODER_SET = PATHS.transcoder_set
 # Every weights file of the set: layer_<l>.safetensors (plt), or W_enc_<i>/W_dec_<i> (clt).
 TRANSCODER_WEIGHTS = transcoder_files(PLAN)["weights"]
 TRANSCODER_ARCHITECTURES = transcoder_files(PLAN)["architectures"]
-INTERP = f"{RESULTS}/interp"
-INTERP_CACHE = f"{INTERP}/llm-cache.sqlite"
-INTERP_KINDS = ["features", "neurons"]  # transcoder features, and the MLP-neuron baseline
+UNITS = list(INTERP_UNITS)  # transcoder features, and the MLP-neuron baseline
 ENV = "../envs/circuitflow.yaml"
 
 
 wildcard_constraints:
     layer=r"\d+",
     slug=r"[A-Za-z0-9][A-Za-z0-9_-]*",
-    kind="|".join(INTERP_KINDS),
+    unit="|".join(UNITS),
 
 
 def settings(rule_name):
     return rule_params(rule_name, config, PLAN)
-
-
-def per_layer(pattern):
-    """One path per transcoder layer, e.g. per_layer("transcoders/layer_{layer}.safetensors")."""
-    return expand(f"{RESULTS}/{pattern}", layer=PLAN.layers)
-
-
-def per_prompt(suffix):
-    """One path per prompt, in the order of PLAN.prompts (sorted by name)."""
-    return [f"{RESULTS}/attribution/{slug}{suffix}" for slug in PLAN.prompts]
 
 
 def complete_transcoder_set(wildcards):
@@ -61,12 +52,12 @@ def complete_transcoder_set(wildcards):
 def graphs_for_interp(wildcards):
     """Transcoder features add the graphs' feature nodes to the judge's selection (when the
     set is complete, so graphs can exist); neurons have no graph nodes."""
-    return per_prompt(".json") if wildcards.kind == "features" and PLAN.complete else []
+    return per_prompt(PATHS.graph, PLAN.prompts) if wildcards.unit == "features" and PLAN.complete else []
 
 
 def transcoders_for_interp(wildcards):
     """Scoring runs the transcoders to find negatives for features; neurons need only the model."""
-    if wildcards.kind != "features":
+    if wildcards.unit != "features":
         return []
     return [TRANSCODER_SET, *TRANSCODER_WEIGHTS]
 

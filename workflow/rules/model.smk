@@ -14,4 +14,4 @@ rule prepare_model:
     conda:
         ENV
     script:
-        "../workflow/scripts/prepare_model.py"
+        "../scripts/prepare_model.py"

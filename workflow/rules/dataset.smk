@@ -3,9 +3,9 @@ rule prepare_dataset:
         model=MODEL_DIR,
         source=dataset_files(config),
     output:
-        train=f"{RESULTS}/dataset/train.parquet",
-        validation=f"{RESULTS}/dataset/validation.parquet",
-        summary=f"{RESULTS}/dataset/summary.json",
+        train=PATHS.train,
+        validation=PATHS.validation,
+        summary=PATHS.dataset_summary,
     params:
         settings=settings("prepare_dataset"),
     log:
@@ -19,4 +19,4 @@ rule prepare_dataset:
     conda:
         ENV
     script:
-        "../workflow/scripts/prepare_dataset.py"
+        "../scripts/prepare_dataset.py"

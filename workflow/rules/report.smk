@@ -1,6 +1,6 @@
 # The figures and tables of `snakemake --report report.html`: one job reads the metrics files of
 # every stage of the `all` target and draws them (captions in report/, two category levels).
-REPORT = f"{RESULTS}/report"
+REPORT = PATHS.report
 
 
 rule plot_run_report:
@@ -10,8 +10,8 @@ rule plot_run_report:
         features=rules.collect_features.output.metadata,
         neurons=rules.collect_neurons.output.metadata,
         graph_scores=graph_score_files(PLAN),
-        classifications=expand(rules.classify_features.output.classifications, kind=INTERP_KINDS),
-        detection=expand(rules.score_explanations.output.scores, kind=INTERP_KINDS),
+        classifications=expand(rules.classify_features.output.classifications, unit=UNITS),
+        detection=expand(rules.score_explanations.output.scores, unit=UNITS),
         summary=rules.compare_explanations.output.summary,
     output:
         # an imported set: fidelity only when evaluation.imported_set asks, no training curves
@@ -101,7 +101,7 @@ rule plot_run_report:
     params:
         kind=PLAN.kind,
         layers=list(PLAN.layers),
-        interp_kinds=INTERP_KINDS,
+        interp_units=UNITS,
         # what the captions quote (report/*.rst: snakemake.params.captions["<key>"])
         captions=caption_values(config),
     log:
@@ -110,4 +110,4 @@ rule plot_run_report:
     conda:
         ENV
     script:
-        "../workflow/scripts/plot_run_report.py"
+        "../scripts/plot_run_report.py"

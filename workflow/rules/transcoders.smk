@@ -5,11 +5,11 @@ if not PLAN.imported:
 
     rule train_transcoder:
         input:
-            shard=f"{RESULTS}/activations/layer_{{layer}}.parquet",
+            shard=PATHS.shard,
         output:
-            weights=f"{RESULTS}/transcoders/layer_{{layer}}.safetensors",
-            architecture=f"{RESULTS}/transcoders/layer_{{layer}}.architecture.json",
-            metrics=f"{RESULTS}/transcoders/layer_{{layer}}.metrics.json",
+            weights=PATHS.layer_weights,
+            architecture=PATHS.layer_architecture,
+            metrics=PATHS.layer_metrics,
         params:
             settings=settings("train_transcoder"),
         log:
@@ -25,18 +25,18 @@ if not PLAN.imported:
         conda:
             ENV
         script:
-            "../workflow/scripts/train_transcoder.py"
+            "../scripts/train_transcoder.py"
 
 
     # transcoder.kind clt: one cross-layer transcoder over layers 0..n-1, trained jointly from
     # every layer's shard (read in lockstep), saved in circuit-tracer's CLT layout.
     rule train_cross_layer_transcoder:
         input:
-            shards=per_layer("activations/layer_{layer}.parquet"),
+            shards=rules.cache_activations.output.shards,
         output:
             weights=cross_layer_weights(PLAN),
-            architecture=f"{RESULTS}/transcoders/clt.architecture.json",
-            metrics=f"{RESULTS}/transcoders/clt.metrics.json",
+            architecture=PATHS.clt_architecture,
+            metrics=PATHS.clt_metrics,
         params:
             settings=settings("train_cross_layer_transcoder"),
         log:
@@ -51,7 +51,7 @@ if not PLAN.imported:
         conda:
             ENV
         script:
-            "../workflow/scripts/train_cross_layer_transcoder.py"
+            "../scripts/train_cross_layer_transcoder.py"
 
 
     rule write_transcoder_set:
@@ -72,7 +72,7 @@ if not PLAN.imported:
         conda:
             ENV
         script:
-            "../workflow/scripts/write_transcoder_set.py"
+            "../scripts/write_transcoder_set.py"
 
 
 # Fidelity on held-out validation windows: FVU, L0, dead/dense latents, and the next-token loss
@@ -84,8 +84,8 @@ rule evaluate_transcoders:
         transcoders=TRANSCODER_SET,
         weights=TRANSCODER_WEIGHTS,
     output:
-        fidelity=f"{RESULTS}/transcoders/fidelity.json",
-        table=f"{RESULTS}/transcoders/fidelity.csv",
+        fidelity=PATHS.fidelity,
+        table=PATHS.fidelity_table,
     params:
         settings=settings("evaluate_transcoders"),
     log:
@@ -100,4 +100,4 @@ rule evaluate_transcoders:
     conda:
         ENV
     script:
-        "../workflow/scripts/evaluate_transcoders.py"
+        "../scripts/evaluate_transcoders.py"

@@ -5,9 +5,9 @@
 
 rule assemble_hub_graphs:
     input:
-        graphs="results/graphs",
+        graphs=rules.assemble_graphs.output[0],
     output:
-        directory("results/graphs-hub"),
+        directory(PATHS.graphs_hub),
     params:
         settings=settings("assemble_hub_graphs"),
     log:
@@ -16,14 +16,14 @@ rule assemble_hub_graphs:
     conda:
         ENV
     script:
-        "../workflow/scripts/assemble_hub_graphs.py"
+        "../scripts/assemble_hub_graphs.py"
 
 
 rule stage_hub_repo:
     input:
         unpack(hub_repo_inputs),
     output:
-        directory(f"{RESULTS}/hub/repo"),
+        directory(PATHS.hub_repo),
     params:
         settings=settings("stage_hub_repo"),
     log:
@@ -32,7 +32,7 @@ rule stage_hub_repo:
     conda:
         ENV
     script:
-        "../workflow/scripts/stage_hub_repo.py"
+        "../scripts/stage_hub_repo.py"
 
 
 rule upload_to_hub:
@@ -40,7 +40,7 @@ rule upload_to_hub:
         repo=rules.stage_hub_repo.output[0],
         token=hub_token_check,
     output:
-        receipt=f"{RESULTS}/hub/receipt.json",
+        receipt=PATHS.hub_receipt,
     params:
         settings=settings("upload_to_hub"),
     log:
@@ -49,4 +49,4 @@ rule upload_to_hub:
     conda:
         ENV
     script:
-        "../workflow/scripts/upload_to_hub.py"
+        "../scripts/upload_to_hub.py"

@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make pipeline   set up .venv and run the default workflow to results/graphs/
+#   make pipeline   set up .venv and run the default workflow to results/graphs/ (links to results/<run>/graphs/)
 #   make test       set up .venv and run the test suite
 # CORES picks the Snakemake core budget (default 8, as in the README).
 PYTHON ?= python3

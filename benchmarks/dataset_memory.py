@@ -40,8 +40,9 @@ def child(args: argparse.Namespace) -> None:
                                       **({"shuffle_buffer": args.shuffle_buffer} if args.shuffle_buffer else {}))
     out = Path(args.out)
     started = time.perf_counter()
-    summary = prepare_dataset(args.model_dir, out / "train.parquet", out / "validation.parquet",
-                              out / "summary.json", settings)
+    summary = prepare_dataset(model_dir=args.model_dir, out_train=out / "train.parquet",
+                              out_validation=out / "validation.parquet", out_summary=out / "summary.json",
+                              settings=settings)
     seconds = time.perf_counter() - started
     tokens = sum(split["tokens"] for split in summary["splits"].values())
     print(json.dumps({"seconds": seconds, "records": summary["records"], "tokens": tokens,
@@ -93,7 +94,7 @@ def model_folder(args: argparse.Namespace, tmp: Path) -> str:
     print(f"{args.model_dir} missing: materializing {DEFAULT_MODEL_SOURCE} into a temporary folder")
     code = ("import sys; from circuitflow.config import PrepareModelSettings; "
             "from circuitflow.model import prepare_model; "
-            "prepare_model(sys.argv[1], PrepareModelSettings(source=sys.argv[2]))")
+            "prepare_model(out_dir=sys.argv[1], settings=PrepareModelSettings(source=sys.argv[2]))")
     subprocess.run([sys.executable, "-c", code, str(folder), DEFAULT_MODEL_SOURCE], check=True,
                    stderr=subprocess.DEVNULL)
     return str(folder)

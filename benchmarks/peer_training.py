@@ -56,7 +56,8 @@ def held_out_metrics(predict, x: torch.Tensor, y: torch.Tensor) -> dict:
 
 def train_ours(shard: Path, layer: int, settings, folder: Path) -> dict:
     out = [folder / f"layer_{layer}{suffix}" for suffix in (".safetensors", ".architecture.json", ".metrics.json")]
-    metrics = train_transcoder(shard, layer, *out, settings)
+    metrics = train_transcoder(shard_path=shard, layer=layer, out_weights=out[0], out_architecture=out[1],
+                               out_metrics=out[2], settings=settings)
     transcoder = load_transcoder(out[0])
 
     def predict(x):

@@ -79,11 +79,14 @@ def main() -> None:
                 bare.append(bare_forward(model, tokens, args.batch_size))
                 if label == "cache_activations":
                     shards = [str(tmp / f"layer_{layer}.parquet") for layer in layers]
-                    manifest = cache_activations(args.model_dir, subset, shards, tmp / "manifest.json", cache_settings)
+                    manifest = cache_activations(model_dir=args.model_dir, train_split=subset, out_shards=shards,
+                                                 out_manifest=tmp / "manifest.json", settings=cache_settings)
                     timed.append(manifest["seconds"])
                 else:
-                    meta = collect_features(args.model_dir, results / "transcoders" / "config.yaml", subset,
-                                            tmp / "features", tmp / "features.json", collect_settings)
+                    meta = collect_features(model_dir=args.model_dir,
+                                            transcoder_set=results / "transcoders" / "config.yaml",
+                                            validation_split=subset, out_dir=tmp / "features",
+                                            out_metadata=tmp / "features.json", settings=collect_settings)
                     timed.append(meta["seconds"]["collect"])
             bare_rate, rate = n_tokens / min(bare), n_tokens / min(timed)
             print(f"[{label}] {n_tokens} tokens of the {split} split")

@@ -71,8 +71,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         synthetic_shard(tmp / "layer_0.parquet", (args.steps + 2) * batch, d)
-        metrics = train_transcoder(tmp / "layer_0.parquet", 0, tmp / "w.safetensors", tmp / "a.json", tmp / "m.json",
-                                   TrainTranscoderSettings(architecture=architecture, training=training))
+        metrics = train_transcoder(shard_path=tmp / "layer_0.parquet", layer=0, out_weights=tmp / "w.safetensors",
+                                   out_architecture=tmp / "a.json", out_metrics=tmp / "m.json",
+                                   settings=TrainTranscoderSettings(architecture=architecture, training=training))
     tokens_per_second = metrics["training_tokens_per_second"]
     flops_per_token = 4 * d * n + 4 * d * d + 6 * k * d
     achieved = tokens_per_second * flops_per_token

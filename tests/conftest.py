@@ -116,7 +116,7 @@ def tiny_model_dir(tmp_path_factory, tiny_llama_source) -> Path:
     from circuitflow.model import prepare_model
 
     out = tmp_path_factory.mktemp("tiny-materialized") / "tiny-lm"
-    prepare_model(out, PrepareModelSettings(source=str(tiny_llama_source)))
+    prepare_model(out_dir=out, settings=PrepareModelSettings(source=str(tiny_llama_source)))
     return out
 
 
@@ -141,11 +141,15 @@ def tiny_shards(tmp: Path, model_dir: Path, corpus: Path) -> list[str]:
     from circuitflow.config import PrepareDatasetSettings as DatasetSettings
     from circuitflow.data import prepare_dataset
 
-    prepare_dataset(model_dir, tmp / "train.parquet", tmp / "validation.parquet", tmp / "summary.json",
-                    DatasetSettings(source=str(corpus), context_length=32, train_tokens=4000, validation_tokens=300))
+    prepare_dataset(model_dir=model_dir, out_train=tmp / "train.parquet", out_validation=tmp / "validation.parquet",
+                    out_summary=tmp / "summary.json",
+                    settings=DatasetSettings(source=str(corpus), context_length=32, train_tokens=4000,
+                                             validation_tokens=300))
     shards = [str(tmp / f"layer_{layer}.parquet") for layer in (0, 1)]
-    cache_activations(model_dir, tmp / "train.parquet", shards, tmp / "manifest.json",
-                      CacheActivationsSettings(layers=(0, 1), batch_size=8, row_group_tokens=512, device="cpu"))
+    cache_activations(model_dir=model_dir, train_split=tmp / "train.parquet", out_shards=shards,
+                      out_manifest=tmp / "manifest.json",
+                      settings=CacheActivationsSettings(layers=(0, 1), batch_size=8, row_group_tokens=512,
+                                                        device="cpu"))
     return shards
 
 

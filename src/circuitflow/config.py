@@ -1,11 +1,12 @@
 """One mapping from the validated config to the typed settings of each rule.
 
-``schema.yaml`` (beside this file; ``config/schema.yaml`` links to it) is the single source of
-truth for every knob and its default. Each settings field below names the config key it comes
-from with `knob`, which takes its default from the schema, so a dataclass cannot disagree with
-the schema (``tests/unit/test_config.py`` checks that every schema key maps to a field and back).
-Fields that are not knobs are `derived` from other keys or from the model at parse time (the
-resolved layer list, the feature source id).
+``schema.yaml`` (beside this file; ``workflow/schemas/config.schema.yaml`` links to it) is the
+single source of truth for every knob and its default. Each settings field below names the
+config key it comes from with `knob`, which takes its default from the schema, so a dataclass
+cannot disagree with the schema (``tests/unit/test_config.py`` checks that every schema key maps
+to a field and back). Fields that are not knobs are `derived` from other keys or from the model
+at parse time (the resolved layer list, the feature source id). Rules that span several keys
+live in `circuitflow.config_rules`.
 
 The workflow calls `settings_for(rule, config)` at parse time and passes the result to the
 rule's script as plain data (`as_params`), so Snakemake's params-change trigger sees every
@@ -23,11 +24,10 @@ from typing import Any
 
 import yaml
 
+# ConfigError is defined beside the cross-key rules (config_rules) and raised from here too.
+from circuitflow.config_rules import ConfigError
+
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
-
-
-class ConfigError(ValueError):
-    """The config is invalid or does not fit the model; the message names the key."""
 
 
 @functools.cache
@@ -102,24 +102,6 @@ def describe_invalid(config: dict) -> str:
     elif "description" in error.schema:
         allowed = f" ({error.schema['description'].strip()})"
     return f"invalid config at {where}: {error.message}{allowed} [schema: {SCHEMA_PATH.name}]"
-
-
-def check_cross_layer(layers, activation: str, skip_connection: bool, jumprelu_training: str) -> None:
-    """What transcoder.kind clt needs of the other keys (at parse time and before training)."""
-    layers = list(layers)
-    if layers != list(range(len(layers))) or not layers:
-        raise ConfigError(f"transcoder.kind clt needs activations.layers contiguous from layer 0 (circuit-tracer's "
-                          f"CLT files are numbered 0..n-1), not {layers}; use 'all' or [0, 1, ..., m]")
-    if activation != "jumprelu":
-        raise ConfigError(f"transcoder.kind clt needs transcoder.activation: jumprelu, not {activation!r} (a CLT "
-                          "is trained as TopK and saved with JumpReLU thresholds, the only sparse activation "
-                          "circuit-tracer's load_clt reads); see config/clt.yaml")
-    if jumprelu_training != "calibrated":
-        raise ConfigError("transcoder.kind clt supports transcoder.jumprelu_training: calibrated only (TopK "
-                          "training, then per-feature thresholds); straight-through training is per-layer only")
-    if skip_connection:
-        raise ConfigError("transcoder.kind clt needs transcoder.skip_connection: false (circuit-tracer's load_clt "
-                          "never loads a skip path); see config/clt.yaml")
 
 
 # --------------------------------------------------------------------------- per-rule settings

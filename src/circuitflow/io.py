@@ -78,6 +78,29 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+# Keys of our JSON outputs that hold wall-clock figures (a number, or for "seconds" sometimes a
+# dict of phases), which differ between any two runs of the same inputs; beside each, the outputs
+# that write it.
+TIMING_KEYS = frozenset({
+    "seconds",  # activations manifest, *.metrics.json, fidelity.json, feature metadata, <slug>.scores.json
+    "forward_seconds",  # activations manifest
+    "tokens_per_second",  # activations manifest, feature metadata
+    "training_tokens_per_second",  # *.metrics.json (per-layer and cross-layer)
+    "seconds_per_step",  # cross-layer *.metrics.json
+    "wall_seconds",  # the LLM stages' usage files
+})
+
+
+def drop_timings(value: Any) -> Any:
+    """A copy of parsed JSON `value` without any TIMING_KEYS entry, at any depth: what two runs of
+    the same inputs must agree on."""
+    if isinstance(value, dict):
+        return {key: drop_timings(item) for key, item in value.items() if key not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [drop_timings(item) for item in value]
+    return value
+
+
 def tensor_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
     """Tensor name -> shape from a safetensors or .npz file's headers (no tensor is read)."""
     path = Path(path)

@@ -19,10 +19,10 @@ from circuitflow.config import (
     WorkflowSettings,
     as_params,
     build,
-    check_cross_layer,
     config_value,
     settings_for,
 )
+from circuitflow.config_rules import check_cross_layer, check_sparsity
 from circuitflow.data.dataset import local_source_files
 from circuitflow.data.prompts import CONFIG_ORIGIN, discover_prompts
 from circuitflow.model.facts import ModelFacts, read_model_facts
@@ -149,10 +149,7 @@ def _trained_layers(config: dict, n_layers: int) -> tuple[tuple[int, ...], str]:
     """activations.layers resolved against the model, and the transcoder keys that must agree."""
     layers = _resolve(config_value(config, "activations.layers"), list(range(n_layers)), "activations.layers",
                       "out of range, the model has layers")
-    k, n_features = config_value(config, "transcoder.k"), config_value(config, "transcoder.n_features")
-    if config_value(config, "transcoder.activation") in ("topk", "jumprelu") and k >= n_features:
-        raise ConfigError(f"transcoder.k {k} must be below transcoder.n_features {n_features} (a TopK that "
-                          "keeps every latent is not sparse): lower k or add features")
+    check_sparsity(*(config_value(config, f"transcoder.{key}") for key in ("activation", "k", "n_features")))
     kind = config_value(config, "transcoder.kind")
     if kind == "clt":
         check_cross_layer(layers, *(config_value(config, f"transcoder.{key}")

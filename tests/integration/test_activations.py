@@ -34,12 +34,13 @@ def test_recorder_matches_mlp_module(tiny_model_dir):
 def test_cache_activations_end_to_end(tmp_path, tiny_model_dir, tiny_corpus):
     settings = DatasetSettings(source=str(tiny_corpus), context_length=16, train_tokens=600,
                                validation_tokens=150)
-    prepare_dataset(tiny_model_dir, tmp_path / "train.parquet", tmp_path / "val.parquet",
-                    tmp_path / "summary.json", settings)
+    prepare_dataset(model_dir=tiny_model_dir, out_train=tmp_path / "train.parquet",
+                    out_validation=tmp_path / "val.parquet", out_summary=tmp_path / "summary.json", settings=settings)
     shards = {0: str(tmp_path / "layer_0.parquet"), 1: str(tmp_path / "layer_1.parquet")}
-    manifest = cache_activations(tiny_model_dir, tmp_path / "train.parquet", list(shards.values()),
-                                 tmp_path / "manifest.json",
-                                 CacheActivationsSettings(layers=(0, 1), batch_size=4, row_group_tokens=100, device="cpu"))
+    manifest = cache_activations(model_dir=tiny_model_dir, train_split=tmp_path / "train.parquet",
+                                 out_shards=list(shards.values()), out_manifest=tmp_path / "manifest.json",
+                                 settings=CacheActivationsSettings(layers=(0, 1), batch_size=4, row_group_tokens=100,
+                                                                   device="cpu"))
     windows = pq.read_table(tmp_path / "train.parquet")
     expected_tokens = windows.num_rows * (16 - 1)  # BOS positions are not cached
     assert manifest["n_tokens"] == expected_tokens == read_json(tmp_path / "manifest.json")["n_tokens"]

@@ -30,12 +30,14 @@ def jumprelu_set(tmp_path_factory, tiny_model_dir, tiny_corpus):
     settings = TrainTranscoderSettings(architecture=JUMPRELU, training=TrainingSettings(
         steps=40, batch_size=256, warmup_steps=4, eval_tokens=256, calibration_tokens=1024, device="cpu"))
     for layer, shard in enumerate(shards):
-        metrics = train_transcoder(shard, layer, folder / f"layer_{layer}.safetensors",
-                                   folder / f"layer_{layer}.architecture.json", folder / f"layer_{layer}.metrics.json",
-                                   settings)
+        metrics = train_transcoder(shard_path=shard, layer=layer, out_weights=folder / f"layer_{layer}.safetensors",
+                                   out_architecture=folder / f"layer_{layer}.architecture.json",
+                                   out_metrics=folder / f"layer_{layer}.metrics.json", settings=settings)
         assert metrics["calibration"]["features_never_picked"] < JUMPRELU.n_features
-    write_transcoder_set(tiny_model_dir, [folder / "layer_0.safetensors", folder / "layer_1.safetensors"],
-                         folder / "config.yaml", WriteTranscoderSetSettings(layers=(0, 1), scan="tiny-jumprelu"))
+    write_transcoder_set(model_dir=tiny_model_dir,
+                         weights=[folder / "layer_0.safetensors", folder / "layer_1.safetensors"],
+                         out_config=folder / "config.yaml",
+                         settings=WriteTranscoderSetSettings(layers=(0, 1), scan="tiny-jumprelu"))
     return folder
 
 

@@ -38,7 +38,8 @@ def _train(tmp, shards, steps=40):
     settings = TrainCrossLayerTranscoderSettings(layers=(0, 1), architecture=CLT, training=TrainingSettings(
         steps=steps, batch_size=256, warmup_steps=4, eval_tokens=256, calibration_tokens=1024, device="cpu",
         dead_tokens=3000))
-    return train_cross_layer_transcoder(shards, tmp, tmp / "clt.metrics.json", settings)
+    return train_cross_layer_transcoder(shard_paths=shards, out_dir=tmp, out_metrics=tmp / "clt.metrics.json",
+                                        settings=settings)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def clt_set(tmp_path_factory, tiny_model_dir, tiny_corpus):
     shards = tiny_shards(tmp, tiny_model_dir, tiny_corpus)
     folder = tmp / "tc"
     metrics = _train(folder, shards)
-    write_transcoder_set(tiny_model_dir, [], folder / "config.yaml", SET_SETTINGS)
+    write_transcoder_set(model_dir=tiny_model_dir, weights=[], out_config=folder / "config.yaml", settings=SET_SETTINGS)
     return folder, metrics, shards, tmp
 
 
@@ -97,8 +98,9 @@ def test_fidelity_of_a_clt(clt_set, tiny_model_dir, tmp_path):
     folder, metrics, _, tmp = clt_set
     settings = EvaluateTranscodersSettings(layers=(0, 1), windows=6, splice_windows=3, batch_size=3,
                                            dense_fraction=0.1, device="cpu")
-    result = evaluate_transcoders(tiny_model_dir, folder / "config.yaml", tmp / "validation.parquet",
-                                  tmp_path / "f.json", tmp_path / "f.csv", settings)
+    result = evaluate_transcoders(model_dir=tiny_model_dir, transcoder_set=folder / "config.yaml",
+                                  validation_split=tmp / "validation.parquet", out_json=tmp_path / "f.json",
+                                  out_csv=tmp_path / "f.csv", settings=settings)
     assert result["kind"] == "cross_layer_transcoder"
     # layer 1's prediction, recomputed here from the clean MLP inputs of both layers
     import numpy as np
@@ -137,7 +139,8 @@ def test_files_from_another_clt_are_refused(clt_set, tmp_path, tiny_model_dir):
     with pytest.raises(TranscoderSetError, match=r"W_enc_1.safetensors belongs to another cross-layer transcoder"):
         read_transcoder_set(mixed / "config.yaml")
     with pytest.raises(TranscoderSetError, match="another cross-layer transcoder"):
-        write_transcoder_set(tiny_model_dir, [], mixed / "config.yaml", SET_SETTINGS)
+        write_transcoder_set(model_dir=tiny_model_dir, weights=[], out_config=mixed / "config.yaml",
+                             settings=SET_SETTINGS)
     # a config.yaml left from another training run, beside a retrained CLT
     config = yaml.safe_load((folder / "config.yaml").read_text())
     stale = tmp_path / "stale"

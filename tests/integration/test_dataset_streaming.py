@@ -39,8 +39,9 @@ def write_jsonl(path, rows, tail: str = "") -> None:
 
 def run(model_dir, folder, settings) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
-    return prepare_dataset(model_dir, folder / "train.parquet", folder / "validation.parquet",
-                           folder / "summary.json", settings)
+    return prepare_dataset(model_dir=model_dir, out_train=folder / "train.parquet",
+                           out_validation=folder / "validation.parquet", out_summary=folder / "summary.json",
+                           settings=settings)
 
 
 def windows(folder, split: str = "train") -> list[dict]:

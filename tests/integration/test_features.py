@@ -40,8 +40,8 @@ def write_random_set(folder, model_dir, d_model, layers=(0, 1)):
                 p.normal_(0, 0.3)
         weights[layer] = folder / f"layer_{layer}.safetensors"
         save_transcoder(tc, layer, weights[layer])
-    write_transcoder_set(model_dir, list(weights.values()), folder / "config.yaml",
-                         WriteTranscoderSetSettings(layers=tuple(layers), scan="./data/features"))
+    write_transcoder_set(model_dir=model_dir, weights=list(weights.values()), out_config=folder / "config.yaml",
+                         settings=WriteTranscoderSetSettings(layers=tuple(layers), scan="./data/features"))
     return folder / "config.yaml"
 
 
@@ -51,7 +51,8 @@ def tiny_setup(tmp_path_factory, tiny_model_dir, tiny_corpus):
     tmp = tmp_path_factory.mktemp("features")
     settings = DatasetSettings(source=str(tiny_corpus), context_length=32, train_tokens=310,
                                validation_tokens=620, validation_fraction=0.3)
-    prepare_dataset(tiny_model_dir, tmp / "train.parquet", tmp / "validation.parquet", tmp / "s.json", settings)
+    prepare_dataset(model_dir=tiny_model_dir, out_train=tmp / "train.parquet",
+                    out_validation=tmp / "validation.parquet", out_summary=tmp / "s.json", settings=settings)
     write_random_set(tmp / "tc", tiny_model_dir, read_model_facts(tiny_model_dir).d_model)
     return tmp
 
@@ -78,8 +79,9 @@ def test_top_slots_keep_largest_per_group():
 
 def test_collect_features_schema_and_exact_values(tiny_setup, tiny_model_dir):
     out = tiny_setup / "features"
-    meta = collect_features(tiny_model_dir, tiny_setup / "tc" / "config.yaml", tiny_setup / "validation.parquet",
-                            out, tiny_setup / "feature_metadata.json", SETTINGS)
+    meta = collect_features(model_dir=tiny_model_dir, transcoder_set=tiny_setup / "tc" / "config.yaml",
+                            validation_split=tiny_setup / "validation.parquet", out_dir=out,
+                            out_metadata=tiny_setup / "feature_metadata.json", settings=SETTINGS)
     files = sorted(out.glob("*.json"))
     assert len(files) == len(meta["features"]) == 96 - sum(meta["dead_features_per_layer"].values())
     assert meta["total_tokens"] == 620 and sum(meta["tokens_per_domain"].values()) == 620
@@ -144,16 +146,17 @@ def test_logit_lens_applies_final_norm_gain(tiny_model_dir):
 def test_collection_is_deterministic(tiny_setup, tiny_model_dir):
     outs = []
     for name in ("a", "b"):
-        collect_features(tiny_model_dir, tiny_setup / "tc" / "config.yaml", tiny_setup / "validation.parquet",
-                         tiny_setup / name, tiny_setup / f"{name}.json", SETTINGS)
+        collect_features(model_dir=tiny_model_dir, transcoder_set=tiny_setup / "tc" / "config.yaml",
+                         validation_split=tiny_setup / "validation.parquet", out_dir=tiny_setup / name,
+                         out_metadata=tiny_setup / f"{name}.json", settings=SETTINGS)
         outs.append({p.name: p.read_bytes() for p in (tiny_setup / name).glob("*.json")})
     assert outs[0] == outs[1]
 
 
 def test_neuron_baseline(tiny_setup, tiny_model_dir):
     settings = CollectNeuronsSettings(**{**dataclasses.asdict(SETTINGS), "source_id": "tiny-neurons"}, n_per_layer=16)
-    meta = collect_neurons(tiny_model_dir, tiny_setup / "validation.parquet", tiny_setup / "neurons",
-                           tiny_setup / "neurons.json", settings)
+    meta = collect_neurons(model_dir=tiny_model_dir, validation_split=tiny_setup / "validation.parquet",
+                           out_dir=tiny_setup / "neurons", out_metadata=tiny_setup / "neurons.json", settings=settings)
     features = meta["features"]
     assert meta["kind"] == "neuron" and {f["layer"] for f in features} == {0, 1}
     model, _ = load_model(tiny_model_dir)
@@ -174,11 +177,13 @@ def test_neuron_baseline(tiny_setup, tiny_model_dir):
 def test_layer_subset_keeps_layer_numbers(tiny_setup, tiny_model_dir, tmp_path):
     """A set with layer 1 only: its features are layer 1's, ids and files included."""
     config = write_random_set(tmp_path / "tc", tiny_model_dir, read_model_facts(tiny_model_dir).d_model, layers=(1,))
-    meta = collect_features(tiny_model_dir, config, tiny_setup / "validation.parquet", tmp_path / "f",
-                            tmp_path / "m.json", dataclasses.replace(SETTINGS, layers=(1,)))
+    meta = collect_features(model_dir=tiny_model_dir, transcoder_set=config,
+                            validation_split=tiny_setup / "validation.parquet", out_dir=tmp_path / "f",
+                            out_metadata=tmp_path / "m.json", settings=dataclasses.replace(SETTINGS, layers=(1,)))
     assert {f["layer"] for f in meta["features"]} == {1} and list(meta["dead_features_per_layer"]) == ["1"]
-    collect_features(tiny_model_dir, tiny_setup / "tc" / "config.yaml", tiny_setup / "validation.parquet",
-                     tmp_path / "full", tmp_path / "full.json", SETTINGS)
+    collect_features(model_dir=tiny_model_dir, transcoder_set=tiny_setup / "tc" / "config.yaml",
+                     validation_split=tiny_setup / "validation.parquet", out_dir=tmp_path / "full",
+                     out_metadata=tmp_path / "full.json", settings=SETTINGS)
     name = f"{meta['features'][0]['cantor_id']}.json"
     subset, full = (json.loads((tmp_path / folder / name).read_text()) for folder in ("f", "full"))
     assert subset["layer"] == 1 and subset["transcoder_id"] == "tiny-transcoders/1"
@@ -191,12 +196,14 @@ def test_layer_subset_keeps_layer_numbers(tiny_setup, tiny_model_dir, tmp_path):
 
 def test_bad_requests_are_explained(tiny_setup, tiny_model_dir, tmp_path):
     with pytest.raises(TranscoderSetError, match=r"layer\(s\) \[5\], but .* has them for layers \[0, 1\] only"):
-        collect_features(tiny_model_dir, tiny_setup / "tc" / "config.yaml", tiny_setup / "validation.parquet",
-                         tmp_path / "f", tmp_path / "m.json", dataclasses.replace(SETTINGS, layers=(0, 5)))
+        collect_features(model_dir=tiny_model_dir, transcoder_set=tiny_setup / "tc" / "config.yaml",
+                         validation_split=tiny_setup / "validation.parquet", out_dir=tmp_path / "f",
+                         out_metadata=tmp_path / "m.json", settings=dataclasses.replace(SETTINGS, layers=(0, 5)))
     other_model = tmp_path / "other-model"
     write_json(other_model / "config.json", {"num_hidden_layers": 2, "hidden_size": 32})
     wrong = write_random_set(tmp_path / "wrong", other_model, 32)
     with pytest.raises(FeatureRequestError, match="d_model 32, but the model .* has d_model 64"):
-        collect_features(tiny_model_dir, wrong, tiny_setup / "validation.parquet", tmp_path / "f",
-                         tmp_path / "m.json", SETTINGS)
+        collect_features(model_dir=tiny_model_dir, transcoder_set=wrong,
+                         validation_split=tiny_setup / "validation.parquet", out_dir=tmp_path / "f",
+                         out_metadata=tmp_path / "m.json", settings=SETTINGS)
     assert not (tmp_path / "f").exists()

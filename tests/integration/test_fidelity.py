@@ -35,7 +35,8 @@ def fidelity_setup(tmp_path_factory, tiny_model_dir, tiny_corpus):
     tmp = tmp_path_factory.mktemp("fidelity")
     settings = DatasetSettings(source=str(tiny_corpus), context_length=24, train_tokens=300,
                                validation_tokens=500, validation_fraction=0.3)
-    prepare_dataset(tiny_model_dir, tmp / "train.parquet", tmp / "validation.parquet", tmp / "s.json", settings)
+    prepare_dataset(model_dir=tiny_model_dir, out_train=tmp / "train.parquet",
+                    out_validation=tmp / "validation.parquet", out_summary=tmp / "s.json", settings=settings)
     d_model = read_model_facts(tiny_model_dir).d_model
     ids = torch.tensor(read_windows(tmp / "validation.parquet").column("tokens").to_pylist()[:SETTINGS.windows])
     model, _ = load_model(tiny_model_dir)
@@ -57,10 +58,11 @@ def fidelity_setup(tmp_path_factory, tiny_model_dir, tiny_corpus):
     (tmp / "tc").mkdir()
     save_transcoder(random_tc, 0, weights[0])
     save_transcoder(mean_tc, 1, weights[1])
-    write_transcoder_set(tiny_model_dir, weights, tmp / "tc" / "config.yaml",
-                         WriteTranscoderSetSettings(layers=(0, 1), scan="tiny"))
-    result = evaluate_transcoders(tiny_model_dir, tmp / "tc" / "config.yaml", tmp / "validation.parquet",
-                                  tmp / "fidelity.json", tmp / "fidelity.csv", SETTINGS)
+    write_transcoder_set(model_dir=tiny_model_dir, weights=weights, out_config=tmp / "tc" / "config.yaml",
+                         settings=WriteTranscoderSetSettings(layers=(0, 1), scan="tiny"))
+    result = evaluate_transcoders(model_dir=tiny_model_dir, transcoder_set=tmp / "tc" / "config.yaml",
+                                  validation_split=tmp / "validation.parquet", out_json=tmp / "fidelity.json",
+                                  out_csv=tmp / "fidelity.csv", settings=SETTINGS)
     return tmp, ids, result
 
 
@@ -161,6 +163,7 @@ def test_missing_layer_is_named(fidelity_setup, tiny_model_dir):
     tmp, _, _ = fidelity_setup
     settings = EvaluateTranscodersSettings(layers=(0, 1, 2), device="cpu")
     with pytest.raises(TranscoderSetError, match=r"layer\(s\) \[2\]"):
-        evaluate_transcoders(tiny_model_dir, tmp / "tc" / "config.yaml", tmp / "validation.parquet",
-                             tmp / "x.json", tmp / "x.csv", settings)
+        evaluate_transcoders(model_dir=tiny_model_dir, transcoder_set=tmp / "tc" / "config.yaml",
+                             validation_split=tmp / "validation.parquet", out_json=tmp / "x.json",
+                             out_csv=tmp / "x.csv", settings=settings)
     assert not (tmp / "x.json").exists()

@@ -27,8 +27,8 @@ def upload(hub: StandInHub, tmp: Path, folder: Path, token: str | None = WRITE_T
         from circuitflow.config import UploadToHubSettings
         from circuitflow.hub import HubError, upload_to_hub
         try:
-            upload_to_hub({str(folder)!r}, {str(tmp / "receipt.json")!r},
-                          UploadToHubSettings(commit_message="test", repo_id={REPO!r}, revision={revision!r}))
+            upload_to_hub(repo_dir={str(folder)!r}, out_receipt={str(tmp / "receipt.json")!r},
+                          settings=UploadToHubSettings(commit_message="test", repo_id={REPO!r}, revision={revision!r}))
         except HubError as error:
             raise SystemExit(f"HubError: {{error}}")
     """)

@@ -90,7 +90,8 @@ def test_plt_is_planned_imported_and_loaded_by_circuit_tracer(tmp_path, monkeypa
     plan = plan_workflow(plan_config(tmp_path, tiny_model_dir, folder))
     assert plan.imported and (plan.kind, plan.layers, plan.complete) == ("plt", (0, 1), True)
 
-    config = import_transcoder_set(tiny_model_dir, tmp_path / "run/config.yaml", settings(folder, tiny_model_dir))
+    config = import_transcoder_set(model_dir=tiny_model_dir, out_config=tmp_path / "run/config.yaml",
+                                   settings=settings(folder, tiny_model_dir))
     assert (config["activation"], config["d_model"], config["n_features"], config["skip_connection"]) == \
         ("jumprelu", D_MODEL, FEATURES, True)
     assert config["source"]["folder"] == str(folder.resolve()) and config["source"]["model_name"] == "org/tiny-lm"
@@ -115,7 +116,8 @@ def test_plt_is_planned_imported_and_loaded_by_circuit_tracer(tmp_path, monkeypa
 
 def test_topk_set_gets_relu_topk(tmp_path, tiny_model_dir):
     folder = write_plt(tmp_path / "set", skip=False, extra={"activation": "topk", "k": 4})
-    import_transcoder_set(tiny_model_dir, tmp_path / "run/config.yaml", settings(folder, tiny_model_dir))
+    import_transcoder_set(model_dir=tiny_model_dir, out_config=tmp_path / "run/config.yaml",
+                          settings=settings(folder, tiny_model_dir))
     parsed = read_transcoder_set(tmp_path / "run/config.yaml")
     assert (parsed.architecture.activation, parsed.architecture.k) == ("topk", 4)
     acts = load_replacement(parsed).encode(0, torch.randn(7, D_MODEL))
@@ -124,7 +126,8 @@ def test_topk_set_gets_relu_topk(tmp_path, tiny_model_dir):
 
 def test_clt_imported_and_decoded_like_circuit_tracer(tmp_path, tiny_model_dir):
     folder = write_clt(tmp_path / "clt")
-    config = import_transcoder_set(tiny_model_dir, tmp_path / "run/config.yaml", settings(folder, tiny_model_dir))
+    config = import_transcoder_set(model_dir=tiny_model_dir, out_config=tmp_path / "run/config.yaml",
+                                   settings=settings(folder, tiny_model_dir))
     assert config["model_kind"] == "cross_layer_transcoder" and config["n_layers"] == 2
     parsed = read_transcoder_set(tmp_path / "run/config.yaml")
     ours = load_replacement(parsed)
@@ -182,8 +185,8 @@ def test_model_name_mismatch_is_an_error_unless_allowed(tmp_path, monkeypatch):
 
 def test_memory_estimate_refuses_before_loading(tmp_path, monkeypatch, tiny_model_dir):
     folder = write_plt(tmp_path / "set")
-    import_transcoder_set(tiny_model_dir, tmp_path / "run/config.yaml",
-                          settings(folder, tiny_model_dir, lazy_decoder=False))
+    import_transcoder_set(model_dir=tiny_model_dir, out_config=tmp_path / "run/config.yaml",
+                          settings=settings(folder, tiny_model_dir, lazy_decoder=False))
     parsed = read_transcoder_set(tmp_path / "run/config.yaml")
     sizes = read_published_set(folder, "set").tensor_bytes
     eager = estimate_memory_mb(sizes, lazy_encoder=False, lazy_decoder=False)
@@ -201,7 +204,8 @@ def test_memory_estimate_refuses_before_loading(tmp_path, monkeypatch, tiny_mode
 
 def test_moved_set_files_are_named(tmp_path, tiny_model_dir):
     folder = write_plt(tmp_path / "set")
-    import_transcoder_set(tiny_model_dir, tmp_path / "run/config.yaml", settings(folder, tiny_model_dir))
+    import_transcoder_set(model_dir=tiny_model_dir, out_config=tmp_path / "run/config.yaml",
+                          settings=settings(folder, tiny_model_dir))
     shutil.rmtree(folder)
     from circuitflow.transcoders import TranscoderSetError
 
@@ -215,12 +219,14 @@ def test_imported_set_attributes_a_prompt(tmp_path, tiny_model_dir, extra):
     from circuitflow.config import AttributePromptSettings
 
     folder = write_plt(tmp_path / "set", extra=extra)
-    import_transcoder_set(tiny_model_dir, tmp_path / "run/config.yaml", settings(folder, tiny_model_dir))
+    import_transcoder_set(model_dir=tiny_model_dir, out_config=tmp_path / "run/config.yaml",
+                          settings=settings(folder, tiny_model_dir))
     out = tmp_path / "graph"
-    scores = attribute_prompt({"slug": "p", "origin": "config:attribution.prompts.p", "text": "The capital of France is"},
-                              tiny_model_dir, tmp_path / "run/config.yaml", out / "p.json", out / "p.metadata.json",
-                              out / "p.scores.json", AttributePromptSettings(max_feature_nodes=32, batch_size=16,
-                                                                             device="cpu"))
+    prompt = {"slug": "p", "origin": "config:attribution.prompts.p", "text": "The capital of France is"}
+    scores = attribute_prompt(prompt=prompt, model_dir=tiny_model_dir, transcoder_set=tmp_path / "run/config.yaml",
+                              out_graph=out / "p.json", out_metadata=out / "p.metadata.json",
+                              out_scores=out / "p.scores.json",
+                              settings=AttributePromptSettings(max_feature_nodes=32, batch_size=16, device="cpu"))
     assert scores["active_features"] > 0 and 0 <= scores["replacement_score"] <= 1
 
 
@@ -238,20 +244,24 @@ def test_fidelity_and_features_of_an_imported_set(tmp_path, tiny_model_dir, tiny
     raw = yaml.safe_load((folder / "config.yaml").read_text())
     raw.update(feature_input_hook=hooks[0], feature_output_hook=hooks[1])
     (folder / "config.yaml").write_text(yaml.safe_dump(raw))
-    import_transcoder_set(tiny_model_dir, tmp_path / "run/config.yaml", settings(folder, tiny_model_dir))
-    prepare_dataset(tiny_model_dir, tmp_path / "train.parquet", tmp_path / "validation.parquet", tmp_path / "s.json",
-                    PrepareDatasetSettings(source=str(tiny_corpus), context_length=32, train_tokens=200,
-                                           validation_tokens=300))
-    result = evaluate_transcoders(tiny_model_dir, tmp_path / "run/config.yaml", tmp_path / "validation.parquet",
-                                  tmp_path / "f.json", tmp_path / "f.csv",
-                                  EvaluateTranscodersSettings(layers=(0, 1), windows=4, splice_windows=2, batch_size=2,
-                                                              device="cpu"))
+    import_transcoder_set(model_dir=tiny_model_dir, out_config=tmp_path / "run/config.yaml",
+                          settings=settings(folder, tiny_model_dir))
+    prepare_dataset(model_dir=tiny_model_dir, out_train=tmp_path / "train.parquet",
+                    out_validation=tmp_path / "validation.parquet", out_summary=tmp_path / "s.json",
+                    settings=PrepareDatasetSettings(source=str(tiny_corpus), context_length=32, train_tokens=200,
+                                                    validation_tokens=300))
+    result = evaluate_transcoders(model_dir=tiny_model_dir, transcoder_set=tmp_path / "run/config.yaml",
+                                  validation_split=tmp_path / "validation.parquet", out_json=tmp_path / "f.json",
+                                  out_csv=tmp_path / "f.csv",
+                                  settings=EvaluateTranscodersSettings(layers=(0, 1), windows=4, splice_windows=2,
+                                                                       batch_size=2, device="cpu"))
     assert result["all_layers"]["splice_tokens"] > 0 and all(row["fvu"] >= 0 for row in result["layers"])
-    metadata = collect_features(tiny_model_dir, tmp_path / "run/config.yaml", tmp_path / "validation.parquet",
-                                tmp_path / "features", tmp_path / "features.json",
-                                CollectFeaturesSettings(layers=(0, 1), source_id="imported", batch_size=4, top_k=3,
-                                                        n_quantiles=2, examples_per_quantile=1, n_random=1,
-                                                        histogram_bins=5, device="cpu"))
+    metadata = collect_features(model_dir=tiny_model_dir, transcoder_set=tmp_path / "run/config.yaml",
+                                validation_split=tmp_path / "validation.parquet", out_dir=tmp_path / "features",
+                                out_metadata=tmp_path / "features.json",
+                                settings=CollectFeaturesSettings(layers=(0, 1), source_id="imported", batch_size=4,
+                                                                 top_k=3, n_quantiles=2, examples_per_quantile=1,
+                                                                 n_random=1, histogram_bins=5, device="cpu"))
     assert list((tmp_path / "features").glob("*.json")) and metadata
 
 
@@ -291,7 +301,8 @@ def test_gemmascope_style_set_fetches_files_of_another_repo(tmp_path, monkeypatc
                              ("circuitflow-test/gemma-scope-tiny", {str(set_folder)!r})):
             api.create_repo(repo)
             api.upload_folder(repo_id=repo, folder_path=folder)
-        print(json.dumps(download_transcoder_set("hf://circuitflow-test/gemma-scope-tiny", "receipt.json")))
+        print(json.dumps(download_transcoder_set(source_uri="hf://circuitflow-test/gemma-scope-tiny",
+                                                 out_receipt="receipt.json")))
     """)
     with StandInHub(tmp_path / "hub") as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home"),
@@ -308,7 +319,7 @@ def test_gemmascope_style_set_fetches_files_of_another_repo(tmp_path, monkeypatc
     assert published.tensor_bytes["eager_only"] == 1  # circuit-tracer reads .npz files whole
     run = tmp_path / "run/config.yaml"
     monkeypatch.chdir(tmp_path)  # where the workflow runs: resources/ is relative to it
-    import_transcoder_set(tiny_model_dir, run, ImportTranscoderSetSettings(
+    import_transcoder_set(model_dir=tiny_model_dir, out_config=run, settings=ImportTranscoderSetSettings(
         model_source=str(tiny_model_dir), source="hf://circuitflow-test/gemma-scope-tiny", scan="./data/features"),
         receipt=tmp_path / "receipt.json")
     x = torch.randn(5, D_MODEL)

@@ -31,10 +31,13 @@ JUDGE = LLMSettings(max_tokens=96)
 @pytest.fixture(scope="module")
 def collected(tiny_setup, tiny_model_dir):  # noqa: F811
     settings = dataclasses.replace(SETTINGS, n_quantiles=2, examples_per_quantile=3, n_random=4)
-    collect_features(tiny_model_dir, tiny_setup / "tc" / "config.yaml", tiny_setup / "validation.parquet",
-                     tiny_setup / "json", tiny_setup / "meta.json", settings)
-    select_features(tiny_setup / "json", tiny_setup / "meta.json", [], tiny_setup / "selection.json",
-                    SelectFeaturesSettings(sample_layers=(0, 1), n_per_layer=1, max_graph_features=0, min_explainer_examples=3))
+    collect_features(model_dir=tiny_model_dir, transcoder_set=tiny_setup / "tc" / "config.yaml",
+                     validation_split=tiny_setup / "validation.parquet", out_dir=tiny_setup / "json",
+                     out_metadata=tiny_setup / "meta.json", settings=settings)
+    select_features(feature_dir=tiny_setup / "json", metadata=tiny_setup / "meta.json", graphs=[],
+                    out_selection=tiny_setup / "selection.json",
+                    settings=SelectFeaturesSettings(sample_layers=(0, 1), n_per_layer=1, max_graph_features=0,
+                                                    min_explainer_examples=3))
     return tiny_setup
 
 
@@ -59,31 +62,37 @@ def test_negatives_are_verified_zero_and_shaped_like_positives(collected, tiny_m
 
 def test_smollm2_classifies_explains_and_scores(collected, tiny_model_dir, tmp_path):
     paths = {name: tmp_path / name for name in ("classes.json", "autointerp.json", "scores.json", "cache.sqlite")}
-    classes = classify_features(collected / "selection.json", collected / "json", paths["classes.json"],
-                                tmp_path / "c.usage.json", paths["cache.sqlite"], tmp_path / "c.judge.log",
-                                ClassifyFeaturesSettings(llm=JUDGE, explainer_examples=5))
+    classes = classify_features(selection=collected / "selection.json", feature_dir=collected / "json",
+                                out_classifications=paths["classes.json"], out_usage=tmp_path / "c.usage.json",
+                                cache_path=paths["cache.sqlite"], server_log=tmp_path / "c.judge.log",
+                                settings=ClassifyFeaturesSettings(llm=JUDGE, explainer_examples=5))
     assert len(classes["features"]) == 2 and "SmolLM2" in classes["metadata"]["model"]
     assert all(r["category"] in (*ClassifyFeaturesSettings().categories, "unparsed") for r in classes["features"])
-    explained = explain_features(collected / "selection.json", collected / "json", paths["autointerp.json"],
-                                 tmp_path / "e.usage.json", paths["cache.sqlite"], tmp_path / "e.judge.log",
-                                 ExplainFeaturesSettings(llm=JUDGE, explainer_examples=5))
+    explained = explain_features(selection=collected / "selection.json", feature_dir=collected / "json",
+                                 out_explanations=paths["autointerp.json"], out_usage=tmp_path / "e.usage.json",
+                                 cache_path=paths["cache.sqlite"], server_log=tmp_path / "e.judge.log",
+                                 settings=ExplainFeaturesSettings(llm=JUDGE, explainer_examples=5))
     assert all(r["description"] or r["raw_reply"] for r in explained["features"])
     settings = ScoreExplanationsSettings(llm=JUDGE, positives=2, negatives=2, negative_pool_windows=8,
                                          context_before=6, context_after=2, device="cpu")
-    scored = score_explanations(collected / "selection.json", paths["autointerp.json"], collected / "json",
-                                collected / "validation.parquet", tiny_model_dir, collected / "tc" / "config.yaml",
-                                paths["scores.json"], tmp_path / "s.usage.json", paths["cache.sqlite"],
-                                tmp_path / "s.judge.log", "features", settings)
+    scored = score_explanations(selection=collected / "selection.json", explanations=paths["autointerp.json"],
+                                feature_dir=collected / "json", validation=collected / "validation.parquet",
+                                model_dir=tiny_model_dir, transcoder_set=collected / "tc" / "config.yaml",
+                                out_scores=paths["scores.json"], out_usage=tmp_path / "s.usage.json",
+                                cache_path=paths["cache.sqlite"], server_log=tmp_path / "s.judge.log", unit="features",
+                                settings=settings)
     assert scored["metadata"]["n_scored"] == 2
     detection = scored["summary"]["overall"]["trivial"]["detection"]
     assert detection["n"] == 8 and detection["auroc"] is not None  # llama.cpp returns logprobs
     usage = json.loads((tmp_path / "s.usage.json").read_text())
     assert usage["requests"] > 0 and usage["failed_requests"] == 0
     # a rerun sends nothing: every reply comes from the cache
-    score_explanations(collected / "selection.json", paths["autointerp.json"], collected / "json",
-                       collected / "validation.parquet", tiny_model_dir, collected / "tc" / "config.yaml",
-                       tmp_path / "again.json", tmp_path / "again.usage.json", paths["cache.sqlite"],
-                       tmp_path / "s.judge.log", "features", settings)
+    score_explanations(selection=collected / "selection.json", explanations=paths["autointerp.json"],
+                       feature_dir=collected / "json", validation=collected / "validation.parquet",
+                       model_dir=tiny_model_dir, transcoder_set=collected / "tc" / "config.yaml",
+                       out_scores=tmp_path / "again.json", out_usage=tmp_path / "again.usage.json",
+                       cache_path=paths["cache.sqlite"], server_log=tmp_path / "s.judge.log", unit="features",
+                       settings=settings)
     again = json.loads((tmp_path / "again.usage.json").read_text())
     assert again["requests"] == 0 and again["cache_hits"] == usage["requests"] - usage["retries"]
     assert json.loads((tmp_path / "again.json").read_text())["features"] == scored["features"]

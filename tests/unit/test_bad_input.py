@@ -90,7 +90,8 @@ def write_graph_inputs(folder, feature_text: str | None = None):
 def test_graph_folder_holds_checked_copies(tmp_path):
     graphs, metadata, scores, features = write_graph_inputs(tmp_path / "in")
     out = tmp_path / "graphs"
-    summary = assemble_graphs(["g"], graphs, metadata, scores, features, out)
+    summary = assemble_graphs(slugs=["g"], graphs=graphs, metadata=metadata, scores=scores, feature_dir=features,
+                              out_dir=out)
     assert summary["features"] == 2
     published = out / "features" / f"{cantor(1, 2)}.json"
     source = features / published.name
@@ -107,8 +108,9 @@ def test_graph_nodes_carry_explanations_categories_and_scores(tmp_path):
                                                     "confidence": "high"}]}))
     scored.write_text(json.dumps({"features": [{"cantor_id": cantor(0, 3), "scores": {
         "llm": {"detection": {"balanced_accuracy": 0.75}, "fuzzing": {"balanced_accuracy": 0.5}}}}]}))
-    summary = assemble_graphs(["g"], graphs, metadata, scores, features, tmp_path / "graphs", explained, classified,
-                              scored)
+    summary = assemble_graphs(slugs=["g"], graphs=graphs, metadata=metadata, scores=scores, feature_dir=features,
+                              out_dir=tmp_path / "graphs", explanations=explained, classifications=classified,
+                              feature_scores=scored)
     assert summary["labels"] == {"llm": 1, "trivial": 1}
     nodes = {n["feature"]: n for n in json.loads((tmp_path / "graphs" / "g.json").read_text())["nodes"]}
     assert nodes[cantor(0, 3)]["clerp"] == "commas in lists [detection 0.75]"
@@ -127,7 +129,7 @@ def test_truncated_or_wrong_feature_file_is_not_published(tmp_path, text, messag
     graphs, metadata, scores, features = write_graph_inputs(tmp_path / "in", feature_text=text)
     out = tmp_path / "graphs"
     with pytest.raises(GraphFolderError, match=rf"{cantor(1, 2)}.json.*{message}.*rerun collect_features"):
-        assemble_graphs(["g"], graphs, metadata, scores, features, out)
+        assemble_graphs(slugs=["g"], graphs=graphs, metadata=metadata, scores=scores, feature_dir=features, out_dir=out)
     assert not out.exists()
 
 
@@ -135,5 +137,6 @@ def test_truncated_graph_is_not_published(tmp_path):
     graphs, metadata, scores, features = write_graph_inputs(tmp_path / "in")
     (tmp_path / "in" / "g.json").write_text('{"nodes": [')
     with pytest.raises(GraphFolderError, match=r"graph .*g.json is not a circuit-tracer graph"):
-        assemble_graphs(["g"], graphs, metadata, scores, features, tmp_path / "graphs")
+        assemble_graphs(slugs=["g"], graphs=graphs, metadata=metadata, scores=scores, feature_dir=features,
+                        out_dir=tmp_path / "graphs")
     assert not (tmp_path / "graphs").exists()

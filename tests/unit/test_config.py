@@ -16,6 +16,7 @@ from circuitflow.config import (
     as_params,
     from_params,
     schema_leaves,
+    schema_node,
     settings_classes,
     settings_for,
 )
@@ -59,6 +60,19 @@ def test_the_default_config_sets_only_schema_keys_and_all_required_ones():
         flat |= {f"{section}.{key}" for key in body} if isinstance(body, dict) else {section}
     assert set(flat) <= set(leaves)
     assert {k for k, v in leaves.items() if v is dataclasses.MISSING} <= set(flat)
+
+
+def test_the_default_config_sets_the_recipe_knobs_and_only_values_off_their_defaults():
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    leaves = schema_leaves()
+    recipe = {key for key in leaves if schema_node(key).get("x-recipe")}
+    assert {"run", "model.source", "dataset.source", "transcoder.k", "llm.base_url", "hub.repo_id"} <= recipe
+    flat = {f"{section}.{key}": value for section, body in config.items() if isinstance(body, dict)
+            for key, value in body.items()}
+    flat.update({section: body for section, body in config.items() if not isinstance(body, dict)})
+    assert recipe <= set(flat), f"config/config.yaml leaves out recipe knobs {sorted(recipe - set(flat))}"
+    at_default = sorted(key for key, value in flat.items() if key not in recipe and value == leaves[key])
+    assert not at_default, f"config/config.yaml repeats the schema defaults of {at_default}: drop them"
 
 
 def test_params_round_trip_for_every_rule():
@@ -114,9 +128,9 @@ def test_plan_resolves_layers_and_prompts(tmp_path, monkeypatch):
 @pytest.mark.parametrize("sections,message", [
     ({"activations": {"layers": [0, 5]}}, r"activations.layers \[5\]: out of range"),
     ({"activations": {"layers": [0]}, "features": {"layers": [1]}}, r"features.layers \[1\]: have no transcoder"),
-    ({"transcoder": {"k": 64, "n_features": 32}}, "transcoder.k 64 must be below transcoder.n_features 32"),
-    ({"transcoder": {"k": 32, "n_features": 32, "activation": "jumprelu"}},
-     "transcoder.k 32 must be below transcoder.n_features 32"),
+    # the cross-key rules themselves are tested in test_config_rules; these check the plan applies them
+    ({"transcoder": {"k": 32, "n_features": 32}}, "transcoder.k 32 must be below transcoder.n_features 32"),
+    ({"transcoder": {"kind": "clt"}}, "transcoder.kind clt needs transcoder.activation: jumprelu"),
     ({"dataset": {"context_length": 128}}, "dataset.context_length 128 exceeds the model's context of 64"),
 ])
 def test_plan_rejects_configs_that_do_not_fit(tmp_path, monkeypatch, sections, message):

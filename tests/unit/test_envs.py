@@ -11,7 +11,7 @@ from ..conftest import ROOT
 
 def test_env_file_pins_match_pyproject():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    env = yaml.safe_load((ROOT / "envs" / "circuitflow.yaml").read_text())
+    env = yaml.safe_load((ROOT / "workflow" / "envs" / "circuitflow.yaml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     pinned = sorted(p for p in pip_section if "==" in p)
     assert pinned == sorted(pyproject)

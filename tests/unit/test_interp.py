@@ -158,14 +158,15 @@ def feature_dir(tmp_path):
 def test_selection_samples_per_layer_adds_graph_nodes_and_counts_skips(feature_dir, tmp_path):
     settings = SelectFeaturesSettings(sample_layers=(0, 1), n_per_layer=2, max_graph_features=2, min_explainer_examples=5)
     out = tmp_path / "selection.json"
-    result = select_features(feature_dir, tmp_path / "meta.json", [tmp_path / "g.json"], out, settings)
+    result = select_features(feature_dir=feature_dir, metadata=tmp_path / "meta.json", graphs=[tmp_path / "g.json"],
+                             out_selection=out, settings=settings)
     graph = [f for f in result["features"] if "graph" in f["selected_by"]]
     # L1F9 is the most influential node but has 2 top examples: skipped, counted; then L0F4 (0.1), L1F2
     assert [(f["layer"], f["feature"]) for f in sorted(graph, key=lambda f: f["graph_influence"])] == [(0, 4), (1, 2)]
     assert result["skipped"][0]["cantor_id"] == cantor(1, 9) and "2 top examples" in result["skipped"][0]["reason"]
     assert sum("sample" in f["selected_by"] for f in result["features"]) == 4
-    again = select_features(feature_dir, tmp_path / "meta.json", [tmp_path / "g.json"], tmp_path / "again.json",
-                            settings)
+    again = select_features(feature_dir=feature_dir, metadata=tmp_path / "meta.json", graphs=[tmp_path / "g.json"],
+                            out_selection=tmp_path / "again.json", settings=settings)
     assert again["features"] == result["features"]  # seeded
 
 
@@ -191,13 +192,16 @@ def classification_reply(body):
 
 
 def test_classification_parses_keeps_raw_and_records_failures(feature_dir, tmp_path):
-    select_features(feature_dir, tmp_path / "meta.json", [], tmp_path / "sel.json",
-                    SelectFeaturesSettings(sample_layers=(0, 1), n_per_layer=6, max_graph_features=0))
+    select_features(feature_dir=feature_dir, metadata=tmp_path / "meta.json", graphs=[],
+                    out_selection=tmp_path / "sel.json",
+                    settings=SelectFeaturesSettings(sample_layers=(0, 1), n_per_layer=6, max_graph_features=0))
     server = ScriptedServer(default=classification_reply)
     try:
         settings = ClassifyFeaturesSettings(llm=llm(server.base_url, max_failure_share=0.5))
-        result = classify_features(tmp_path / "sel.json", feature_dir, tmp_path / "classes.json",
-                                   tmp_path / "usage.json", tmp_path / "cache.sqlite", tmp_path / "judge.log", settings)
+        result = classify_features(selection=tmp_path / "sel.json", feature_dir=feature_dir,
+                                   out_classifications=tmp_path / "classes.json", out_usage=tmp_path / "usage.json",
+                                   cache_path=tmp_path / "cache.sqlite", server_log=tmp_path / "judge.log",
+                                   settings=settings)
     finally:
         server.close()
     records = {(r["layer"], r["feature"]): r for r in result["features"]}
@@ -215,13 +219,15 @@ def test_classification_parses_keeps_raw_and_records_failures(feature_dir, tmp_p
 
 
 def test_explanations_drop_markers_and_fall_back_to_the_trivial_one(feature_dir, tmp_path):
-    select_features(feature_dir, tmp_path / "meta.json", [], tmp_path / "sel.json",
-                    SelectFeaturesSettings(sample_layers=(0, 1), n_per_layer=1, max_graph_features=0))
+    select_features(feature_dir=feature_dir, metadata=tmp_path / "meta.json", graphs=[],
+                    out_selection=tmp_path / "sel.json",
+                    settings=SelectFeaturesSettings(sample_layers=(0, 1), n_per_layer=1, max_graph_features=0))
     server = ScriptedServer(default=("reply", '{"reasoning": "x", "description": "the token <<<here>>> at the end"}'))
     try:
-        result = explain_features(tmp_path / "sel.json", feature_dir, tmp_path / "autointerp.json",
-                                  tmp_path / "usage.json", tmp_path / "cache.sqlite", tmp_path / "judge.log",
-                                  ExplainFeaturesSettings(llm=llm(server.base_url)))
+        result = explain_features(selection=tmp_path / "sel.json", feature_dir=feature_dir,
+                                  out_explanations=tmp_path / "autointerp.json", out_usage=tmp_path / "usage.json",
+                                  cache_path=tmp_path / "cache.sqlite", server_log=tmp_path / "judge.log",
+                                  settings=ExplainFeaturesSettings(llm=llm(server.base_url)))
     finally:
         server.close()
     assert [r["description"] for r in result["features"]] == ["the token here at the end"] * 2

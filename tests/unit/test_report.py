@@ -14,7 +14,7 @@ from circuitflow.io import write_json
 from circuitflow.report import ReportInputError, plot_run_report
 
 LAYERS = [0, 1, 2]
-KINDS = ["features", "neurons"]
+UNITS = ["features", "neurons"]
 
 
 def png_size(path) -> tuple[int, int]:
@@ -62,7 +62,7 @@ def write_run(tmp_path, kind: str = "plt") -> dict:
             "expected_target": {"token": " y", "rank": 3}})
         inputs["graph_scores"].append(str(tmp_path / f"{slug}.scores.json"))
     inputs["classifications"], inputs["detection_scores"] = [], []
-    for i, name in enumerate(KINDS):
+    for i, name in enumerate(UNITS):
         shares = {"language": 0.5 - 0.1 * i, "domain": 0.3, "uninterpretable": 0.2 + 0.1 * i}
         write_json(tmp_path / f"{name}_classes.json", {"shares": {"n": 6, "overall": shares,
                                                                    "per_layer": {"0": shares, "2": shares}}})
@@ -75,7 +75,7 @@ def write_run(tmp_path, kind: str = "plt") -> dict:
         inputs["detection_scores"].append(str(tmp_path / f"{name}_scores.json"))
     write_json(tmp_path / "summary.json", {"judge": ["judge-model"], "rows": [
         {"kind": k, "explanation": e, "n_features": 3, "detection_balanced_accuracy": 0.625}
-        for k in KINDS for e in ("llm", "trivial")], "category_shares": {"features": {"language": 0.5}}})
+        for k in UNITS for e in ("llm", "trivial")], "category_shares": {"features": {"language": 0.5}}})
     inputs["interp_summary"] = str(tmp_path / "summary.json")
     return inputs
 
@@ -93,7 +93,7 @@ def outputs(folder, graphs: bool = True, interp: bool = True) -> dict:
 def test_figures_show_the_files_numbers(tmp_path):
     inputs = write_run(tmp_path)
     out = outputs(tmp_path / "report")
-    drawn = plot_run_report(out, kind="plt", layers=LAYERS, interp_kinds=KINDS, **inputs)
+    drawn = plot_run_report(outputs=out, kind="plt", layers=LAYERS, interp_units=UNITS, **inputs)
     assert json.loads((tmp_path / "report/data.json").read_text()) == json.loads(json.dumps(drawn))
     fidelity = json.loads((tmp_path / "fidelity.json").read_text())
     for key in ("fvu", "l0", "dead_fraction", "dense_fraction", "loss_recovered"):
@@ -129,7 +129,7 @@ def test_same_inputs_give_the_same_bytes(tmp_path):
     inputs = write_run(tmp_path)
     first, second = outputs(tmp_path / "a"), outputs(tmp_path / "b")
     for out in (first, second):
-        plot_run_report(out, kind="plt", layers=LAYERS, interp_kinds=KINDS, **inputs)
+        plot_run_report(outputs=out, kind="plt", layers=LAYERS, interp_units=UNITS, **inputs)
     for name in first:
         assert open(first[name], "rb").read() == open(second[name], "rb").read(), name
 
@@ -140,11 +140,11 @@ def test_cross_layer_run_without_graphs_or_interp(tmp_path):
         inputs[key] = []
     inputs["interp_summary"] = None
     out = outputs(tmp_path / "report", graphs=False, interp=False)
-    drawn = plot_run_report(out, kind="clt", layers=LAYERS, **inputs)
+    drawn = plot_run_report(outputs=out, kind="clt", layers=LAYERS, **inputs)
     assert sorted(drawn) == ["fidelity_plot", "fidelity_table", "frequency_plot", "training_plot"]
     assert [c["label"] for c in drawn["training_plot"]["curves"]] == ["cross-layer transcoder (mean over layers)"]
     with pytest.raises(ValueError, match="do not match the inputs given"):
-        plot_run_report(outputs(tmp_path / "again"), kind="clt", layers=LAYERS, **inputs)
+        plot_run_report(outputs=outputs(tmp_path / "again"), kind="clt", layers=LAYERS, **inputs)
 
 
 def _break_fidelity(tmp_path, inputs):
@@ -194,7 +194,7 @@ def test_malformed_file_is_named_before_anything_is_written(tmp_path, damage):
     message = damage(tmp_path, inputs)
     out = outputs(tmp_path / "report")
     with pytest.raises(ReportInputError, match=message) as error:
-        plot_run_report(out, kind="plt", layers=LAYERS, interp_kinds=KINDS, **inputs)
+        plot_run_report(outputs=out, kind="plt", layers=LAYERS, interp_units=UNITS, **inputs)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "report").exists()
 
@@ -211,8 +211,8 @@ def test_imported_set_without_fidelity_or_training(tmp_path):
     inputs.update(training_metrics=[], fidelity=None)
     out = {name: path for name, path in outputs(tmp_path / "report").items()
            if name not in ("fidelity_plot", "fidelity_table", "training_plot")}
-    drawn = plot_run_report(out, kind="plt", layers=LAYERS, interp_kinds=KINDS, **inputs)
+    drawn = plot_run_report(outputs=out, kind="plt", layers=LAYERS, interp_units=UNITS, **inputs)
     assert "fidelity_plot" not in drawn and "training_plot" not in drawn and "graph_plot" in drawn
     assert not (tmp_path / "report/fidelity_plot.png").exists()
     with pytest.raises(ValueError, match="do not match the inputs given"):  # a fidelity output nothing draws
-        plot_run_report(outputs(tmp_path / "again"), kind="plt", layers=LAYERS, interp_kinds=KINDS, **inputs)
+        plot_run_report(outputs=outputs(tmp_path / "again"), kind="plt", layers=LAYERS, interp_units=UNITS, **inputs)

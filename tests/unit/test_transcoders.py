@@ -123,8 +123,9 @@ def write_set(tmp_path, layers, model_dir, kinds=None):
         save_transcoder(tc, layer, weights[layer])
         originals[layer] = tc
     settings = WriteTranscoderSetSettings(layers=tuple(layers), scan="./data/features")
-    return originals, weights, lambda: write_transcoder_set(model_dir, list(weights.values()), tmp_path / "tc" / "config.yaml",
-                                                            settings)
+    return originals, weights, lambda: write_transcoder_set(model_dir=model_dir, weights=list(weights.values()),
+                                                            out_config=tmp_path / "tc" / "config.yaml",
+                                                            settings=settings)
 
 
 def test_topk_set_round_trip(tmp_path):
@@ -244,7 +245,8 @@ def train_settings(architecture: TranscoderArchitecture, **training) -> TrainTra
 
 def train(shard, settings, folder, name):
     out = (folder / f"{name}.safetensors", folder / f"{name}.architecture.json", folder / f"{name}.json")
-    return train_transcoder(shard, 0, *out, settings)
+    return train_transcoder(shard_path=shard, layer=0, out_weights=out[0], out_architecture=out[1], out_metrics=out[2],
+                            settings=settings)
 
 
 @pytest.mark.parametrize("activation", ["topk", "jumprelu", "relu"])
@@ -289,9 +291,29 @@ def test_b_dec_starts_at_mean_output(tmp_path):
     assert np.abs(mean).max() > 0.3  # (the data mean is far from zero, so this is not vacuous)
 
 
+def test_k_equal_to_n_features_is_refused_by_the_module_and_both_trainers(tmp_path):
+    """One rule (config_rules.check_sparsity, whose messages test_config_rules checks) everywhere:
+    the module once accepted k == n_features for topk. The trainers refuse before reading a shard."""
+    from circuitflow.config import TrainCrossLayerTranscoderSettings
+    from circuitflow.config_rules import ConfigError
+    from circuitflow.transcoders.cross_layer_training import train_cross_layer_transcoder
+
+    refused = "transcoder.k 10 must be below transcoder.n_features 10"
+    with pytest.raises(ConfigError, match=refused):
+        Transcoder(4, arch("topk", n_features=10, k=10))
+    Transcoder(4, arch("jumprelu", n_features=10, k=10))  # a loaded jumprelu file does not apply k
+    for activation in ("topk", "jumprelu"):
+        with pytest.raises(ConfigError, match=refused):
+            train_transcoder(shard_path=tmp_path / "absent.parquet", layer=0, out_weights=tmp_path / "w.safetensors",
+                             out_architecture=tmp_path / "w.architecture.json", out_metrics=tmp_path / "w.json",
+                             settings=train_settings(arch(activation, n_features=10, k=10)))
+    clt = TrainCrossLayerTranscoderSettings(layers=(0, 1), architecture=arch("jumprelu", n_features=10, k=10))
+    with pytest.raises(ConfigError, match=refused):
+        train_cross_layer_transcoder(shard_paths=[tmp_path / "absent.parquet"] * 2, out_dir=tmp_path / "clt",
+                                     out_metrics=tmp_path / "clt.json", settings=clt)
+
+
 def test_bad_settings_are_named(tmp_path):
-    with pytest.raises(ValueError, match="k=50"):
-        Transcoder(4, arch("topk", k=50))
     with pytest.raises(ValueError, match="activation 'gelu'"):
         Transcoder(4, arch("gelu"))
     shard = tmp_path / "layer_0.parquet"
@@ -370,7 +392,8 @@ from circuitflow.config import TrainTranscoderSettings, from_params
 import json
 settings = from_params(TrainTranscoderSettings, json.loads(sys.argv[2]))
 out = sys.argv[3]
-training.train_transcoder(sys.argv[1], 0, out + ".safetensors", out + ".architecture.json", out + ".json", settings)
+training.train_transcoder(shard_path=sys.argv[1], layer=0, out_weights=out + ".safetensors",
+                          out_architecture=out + ".architecture.json", out_metrics=out + ".json", settings=settings)
 """
 
 

@@ -1,19 +1,16 @@
 """`snakemake --report` for the tiny run: the default target makes the report's figures, the
 report holds every category with its captions and figures, the figures show the measured
-numbers, and the page renders in headless Chromium.
-
-Set CIRCUITFLOW_REPORT_SCREENSHOT=docs/report-screenshot.png to refresh the README's screenshot.
+numbers, and the page renders in headless Chromium (with tools/report_screenshot.py's functions,
+which also refresh the README's screenshot: see that file).
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
-import os
 import re
-import shutil
-import subprocess
-import tempfile
+import sys
 import zipfile
 from pathlib import Path
 
@@ -44,7 +41,18 @@ CAPTIONS = {
 }
 FIGURE_SIZES = {"transcoder_fidelity.png": (1200, 750), "training_curves.png": (1200, 480),
                 "activation_frequency.png": (1200, 500), "detection_scores.png": (1200, 500)}
-CHROMIUM = shutil.which("chromium")
+
+
+def load_report_screenshot():
+    spec = importlib.util.spec_from_file_location("report_screenshot", ROOT / "tools" / "report_screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+report_screenshot = load_report_screenshot()
+CHROMIUM = report_screenshot.CHROMIUM
 
 
 def report_variable(page: str, name: str):
@@ -69,9 +77,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 def tiny_report(tmp_path_factory, tiny_llama_source, tiny_corpus):
     """The tiny run through the default target `all`, then `snakemake --report report.html`."""
     tmp = tmp_path_factory.mktemp("report-run")
-    copy_workflow(tmp)
-    # captions and the front page (dirs_exist_ok: in case copy_workflow copies report/ too)
-    shutil.copytree(ROOT / "report", tmp / "report", dirs_exist_ok=True)
+    copy_workflow(tmp)  # with the captions and the front page (workflow/report/)
     write_config(tmp / "tiny.yaml", tiny_config(tmp, tiny_llama_source, tiny_corpus))
     run = snakemake(tmp, "--cores", "2", "--configfile", "tiny.yaml", timeout=1800)
     assert "plot_run_report" in run.stdout
@@ -167,52 +173,25 @@ def test_report_zip_holds_the_figures(tiny_report):
             assert any(n.endswith(f) for f in files for n in names), files
 
 
-def open_result(page: str, category: str, subcategory: str, suffix: str) -> str:
-    """The report page, opened at one result: the report is a JavaScript app without URLs for its
-    views, so a script at the end of the page asks the app to show the result and its caption."""
-    script = f"""<script>
-window.addEventListener('load', function () {{ setTimeout(function () {{
-  var path = categories[{category!r}][{subcategory!r}].find(function (p) {{ return p.endsWith({suffix!r}); }});
-  app.setView({{navbarMode: 'resultinfo', category: {category!r}, subcategory: {subcategory!r}, resultPath: path,
-               content: 'img', contentPath: results[path].data_uri}});
-}}, 100); }});
-</script>"""
-    head, tag, tail = page.rpartition("</body>")  # the last one: the bundled JavaScript quotes "</body>" too
-    return head + script + tag + tail
-
-
-def chromium(url: str, *args: str) -> subprocess.CompletedProcess:
-    with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                               "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                               "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,1000",
-                               "--virtual-time-budget=10000", "--enable-logging=stderr", "--v=0", *args, url],
-                              capture_output=True, text=True, timeout=180)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(tiny_report, tmp_path):
     import matplotlib.image
 
-    page = open_result((tiny_report / "report.html").read_text(encoding="utf-8"), "Transcoders", "Fidelity", ".png")
-    opened = tmp_path / "report-open.html"
-    opened.write_text(page, encoding="utf-8")
-    dom = chromium(opened.as_uri(), "--dump-dom")
+    opened = report_screenshot.write_opened(tiny_report / "report.html", tmp_path / "report-open.html",
+                                            ("Transcoders", "Fidelity", ".png"))
+    dom = report_screenshot.chromium(opened.as_uri(), "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-3000:]
-    errors = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line and re.search(r"Uncaught|Error", line)]
+    errors = report_screenshot.console_errors(dom.stderr)
     assert not errors, errors
     assert "FVU, L0, dead and loss recovered per layer" in dom.stdout  # the result's label, in the navbar
     assert "fraction of the MLP output" in dom.stdout and 'src="data:image/png' in dom.stdout
 
-    png = tmp_path / "report.png"
-    shot = chromium(opened.as_uri(), f"--screenshot={png}")
-    assert shot.returncode == 0 and png.is_file(), shot.stderr[-3000:]
+    png = tmp_path / "report.png"  # what the tool writes to docs/report-screenshot.png
+    report_screenshot.screenshot(tiny_report / "report.html", png)
     pixels = matplotlib.image.imread(png)
     assert pixels.shape[:2] == (1000, 1400)
     # the fidelity figure is on screen: many pixels of its FVU bars' blue (#1f77b4)
     blue = ((abs(pixels[..., 0] - 0x1F / 255) < 0.02) & (abs(pixels[..., 1] - 0x77 / 255) < 0.02)
             & (abs(pixels[..., 2] - 0xB4 / 255) < 0.02))
     assert blue.sum() > 5000, blue.sum()
-    if os.environ.get("CIRCUITFLOW_REPORT_SCREENSHOT"):
-        shutil.copy(png, ROOT / os.environ["CIRCUITFLOW_REPORT_SCREENSHOT"])

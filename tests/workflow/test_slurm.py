@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from circuitflow.io import drop_timings
+
 from ..conftest import ROOT, copy_workflow, tiny_config, write_config
 from ..slurm_cluster import SlurmCluster, slurm_cluster, unavailable_reason
 from .test_workflow import SNAKEMAKE, job_counts, snakemake
@@ -34,8 +36,8 @@ TARGETS = ("transcoders", "results/tiny/attribution/france-capital.json")
 FAIL_ONCE = ("train_transcoder", "layer", "1")
 KILL_MB = 50  # far below a Python process with Snakemake loaded (about 75 MB when it was killed)
 FAILED_STATES = ("FAILED", "OUT_OF_MEMORY", "CANCELLED")
-# Outputs that hold wall-clock figures (compared without them) or the checkout's absolute path.
-TIMING_KEYS = {"seconds", "forward_seconds", "tokens_per_second", "training_tokens_per_second"}
+# Outputs that hold wall-clock figures (compared without circuitflow.io.TIMING_KEYS) or the
+# checkout's absolute path.
 TIMED_JSON = ("activations/manifest.json", "transcoders/fidelity.json", ".metrics.json", ".scores.json")
 WITH_PATHS = ("transcoders/config.yaml",)
 
@@ -102,14 +104,6 @@ def minutes(limit: str) -> int:
     days, _, clock = limit.rpartition("-")
     hours, mins, secs = (int(part) for part in clock.split(":"))
     return (int(days or 0) * 24 + hours) * 60 + mins + (secs > 0)
-
-
-def drop_timings(value):
-    if isinstance(value, dict):
-        return {k: drop_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
-    if isinstance(value, list):
-        return [drop_timings(v) for v in value]
-    return value
 
 
 def output_files(checkout: Path) -> dict[str, Path]:

@@ -5,6 +5,7 @@ start_job(snakemake, uses_torch=False)
 
 from circuitflow.attribution import assemble_graphs
 
-assemble_graphs(snakemake.params.slugs, snakemake.input.graphs, snakemake.input.metadata, snakemake.input.scores,
-                snakemake.input.features, snakemake.output[0], snakemake.input.explanations,
-                snakemake.input.classifications, snakemake.input.feature_scores)
+assemble_graphs(slugs=snakemake.params.slugs, graphs=snakemake.input.graphs, metadata=snakemake.input.metadata,
+                scores=snakemake.input.scores, feature_dir=snakemake.input.features, out_dir=snakemake.output[0],
+                explanations=snakemake.input.explanations, classifications=snakemake.input.classifications,
+                feature_scores=snakemake.input.feature_scores)

@@ -5,4 +5,4 @@ settings = start_job(snakemake, uses_torch=False)
 
 from circuitflow.attribution import assemble_hub_graphs
 
-assemble_hub_graphs(snakemake.input.graphs, snakemake.output[0], settings.scan)
+assemble_hub_graphs(graph_dir=snakemake.input.graphs, out_dir=snakemake.output[0], scan=settings.scan)

@@ -5,5 +5,6 @@ settings = start_job(snakemake)
 
 from circuitflow.attribution import attribute_prompt
 
-attribute_prompt(snakemake.params.prompt, snakemake.input.model, snakemake.input.transcoders,
-                 snakemake.output.graph, snakemake.output.metadata, snakemake.output.scores, settings)
+attribute_prompt(prompt=snakemake.params.prompt, model_dir=snakemake.input.model,
+                 transcoder_set=snakemake.input.transcoders, out_graph=snakemake.output.graph,
+                 out_metadata=snakemake.output.metadata, out_scores=snakemake.output.scores, settings=settings)

@@ -5,5 +5,5 @@ settings = start_job(snakemake)
 
 from circuitflow.activations import cache_activations
 
-cache_activations(snakemake.input.model, snakemake.input.train, snakemake.output.shards, snakemake.output.manifest,
-                  settings)
+cache_activations(model_dir=snakemake.input.model, train_split=snakemake.input.train,
+                  out_shards=snakemake.output.shards, out_manifest=snakemake.output.manifest, settings=settings)

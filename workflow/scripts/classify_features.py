@@ -5,5 +5,6 @@ settings = start_job(snakemake, uses_torch=False)
 
 from circuitflow.interp import classify_features
 
-classify_features(snakemake.input.selection, snakemake.input.features, snakemake.output.classifications,
-                  snakemake.output.usage, snakemake.params.cache, snakemake.log.judge, settings)
+classify_features(selection=snakemake.input.selection, feature_dir=snakemake.input.features,
+                  out_classifications=snakemake.output.classifications, out_usage=snakemake.output.usage,
+                  cache_path=snakemake.params.cache, server_log=snakemake.log.judge, settings=settings)

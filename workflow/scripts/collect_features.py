@@ -5,5 +5,6 @@ settings = start_job(snakemake)
 
 from circuitflow.features import collect_features
 
-collect_features(snakemake.input.model, snakemake.input.transcoders, snakemake.input.validation,
-                 snakemake.output.features, snakemake.output.metadata, settings)
+collect_features(model_dir=snakemake.input.model, transcoder_set=snakemake.input.transcoders,
+                 validation_split=snakemake.input.validation, out_dir=snakemake.output.features,
+                 out_metadata=snakemake.output.metadata, settings=settings)

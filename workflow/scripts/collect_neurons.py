@@ -5,5 +5,5 @@ settings = start_job(snakemake)
 
 from circuitflow.features import collect_neurons
 
-collect_neurons(snakemake.input.model, snakemake.input.validation, snakemake.output.features,
-                snakemake.output.metadata, settings)
+collect_neurons(model_dir=snakemake.input.model, validation_split=snakemake.input.validation,
+                out_dir=snakemake.output.features, out_metadata=snakemake.output.metadata, settings=settings)

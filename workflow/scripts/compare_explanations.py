@@ -5,5 +5,6 @@ start_job(snakemake, uses_torch=False)
 
 from circuitflow.interp import compare_explanations
 
-compare_explanations(snakemake.params.kinds, snakemake.input.scores, snakemake.input.classifications,
-                     snakemake.output.summary, snakemake.output.table)
+compare_explanations(units=snakemake.params.units, scores=snakemake.input.scores,
+                     classifications=snakemake.input.classifications, out_summary=snakemake.output.summary,
+                     out_table=snakemake.output.table)

@@ -5,4 +5,4 @@ settings = start_job(snakemake, uses_torch=False)
 
 from circuitflow.transcoders.imported import download_transcoder_set
 
-download_transcoder_set(settings.source, snakemake.output.receipt)
+download_transcoder_set(source_uri=settings.source, out_receipt=snakemake.output.receipt)

@@ -5,5 +5,6 @@ settings = start_job(snakemake)
 
 from circuitflow.transcoders import evaluate_transcoders
 
-evaluate_transcoders(snakemake.input.model, snakemake.input.transcoders, snakemake.input.validation,
-                     snakemake.output.fidelity, snakemake.output.table, settings)
+evaluate_transcoders(model_dir=snakemake.input.model, transcoder_set=snakemake.input.transcoders,
+                     validation_split=snakemake.input.validation, out_json=snakemake.output.fidelity,
+                     out_csv=snakemake.output.table, settings=settings)

@@ -5,5 +5,5 @@ settings = start_job(snakemake, uses_torch=False)
 
 from circuitflow.transcoders.imported import import_transcoder_set
 
-import_transcoder_set(snakemake.input.model, snakemake.output.config, settings,
+import_transcoder_set(model_dir=snakemake.input.model, out_config=snakemake.output.config, settings=settings,
                       receipt=snakemake.input.get("receipt"))

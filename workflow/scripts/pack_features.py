@@ -5,4 +5,5 @@ start_job(snakemake, uses_torch=False)
 
 from circuitflow.features import pack_features
 
-pack_features(snakemake.input.features, snakemake.input.transcoders, snakemake.output[0])
+pack_features(feature_dir=snakemake.input.features, transcoder_set=snakemake.input.transcoders,
+              out_dir=snakemake.output[0])

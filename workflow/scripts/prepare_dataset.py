@@ -5,5 +5,5 @@ settings = start_job(snakemake)
 
 from circuitflow.data import prepare_dataset
 
-prepare_dataset(snakemake.input.model, snakemake.output.train, snakemake.output.validation,
-                snakemake.output.summary, settings)
+prepare_dataset(model_dir=snakemake.input.model, out_train=snakemake.output.train,
+                out_validation=snakemake.output.validation, out_summary=snakemake.output.summary, settings=settings)

@@ -5,4 +5,4 @@ settings = start_job(snakemake)
 
 from circuitflow.model import prepare_model
 
-prepare_model(snakemake.output[0], settings)
+prepare_model(out_dir=snakemake.output[0], settings=settings)

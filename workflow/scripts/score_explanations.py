@@ -6,7 +6,9 @@ settings = start_job(snakemake)
 from circuitflow.interp import score_explanations
 
 transcoders = snakemake.input.transcoders
-score_explanations(snakemake.input.selection, snakemake.input.explanations, snakemake.input.features,
-                   snakemake.input.validation, snakemake.input.model, transcoders[0] if transcoders else None,
-                   snakemake.output.scores, snakemake.output.usage, snakemake.params.cache, snakemake.log.judge,
-                   snakemake.wildcards.kind, settings)
+score_explanations(selection=snakemake.input.selection, explanations=snakemake.input.explanations,
+                   feature_dir=snakemake.input.features, validation=snakemake.input.validation,
+                   model_dir=snakemake.input.model, transcoder_set=transcoders[0] if transcoders else None,
+                   out_scores=snakemake.output.scores, out_usage=snakemake.output.usage,
+                   cache_path=snakemake.params.cache, server_log=snakemake.log.judge,
+                   unit=snakemake.wildcards.unit, settings=settings)

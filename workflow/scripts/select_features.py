@@ -5,5 +5,5 @@ settings = start_job(snakemake, uses_torch=False)
 
 from circuitflow.interp import select_features
 
-select_features(snakemake.input.features, snakemake.input.metadata, list(snakemake.input.graphs),
-                snakemake.output[0], settings)
+select_features(feature_dir=snakemake.input.features, metadata=snakemake.input.metadata,
+                graphs=list(snakemake.input.graphs), out_selection=snakemake.output[0], settings=settings)

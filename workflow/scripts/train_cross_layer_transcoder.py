@@ -7,5 +7,6 @@ from pathlib import Path
 
 from circuitflow.transcoders import train_cross_layer_transcoder
 
-train_cross_layer_transcoder(snakemake.input.shards, Path(snakemake.output.architecture).parent,
-                             snakemake.output.metrics, settings)
+train_cross_layer_transcoder(shard_paths=snakemake.input.shards,
+                             out_dir=Path(snakemake.output.architecture).parent,
+                             out_metrics=snakemake.output.metrics, settings=settings)

@@ -5,5 +5,6 @@ settings = start_job(snakemake)
 
 from circuitflow.transcoders import train_transcoder
 
-train_transcoder(snakemake.input.shard, int(snakemake.wildcards.layer), snakemake.output.weights,
-                 snakemake.output.architecture, snakemake.output.metrics, settings)
+train_transcoder(shard_path=snakemake.input.shard, layer=int(snakemake.wildcards.layer),
+                 out_weights=snakemake.output.weights, out_architecture=snakemake.output.architecture,
+                 out_metrics=snakemake.output.metrics, settings=settings)

@@ -5,4 +5,4 @@ settings = start_job(snakemake, uses_torch=False)
 
 from circuitflow.hub import upload_to_hub
 
-upload_to_hub(snakemake.input.repo, snakemake.output.receipt, settings)
+upload_to_hub(repo_dir=snakemake.input.repo, out_receipt=snakemake.output.receipt, settings=settings)

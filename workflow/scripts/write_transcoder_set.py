@@ -5,4 +5,5 @@ settings = start_job(snakemake)
 
 from circuitflow.transcoders import write_transcoder_set
 
-write_transcoder_set(snakemake.input.model, snakemake.input.weights, snakemake.output.config, settings)
+write_transcoder_set(model_dir=snakemake.input.model, weights=snakemake.input.weights,
+                     out_config=snakemake.output.config, settings=settings)

@@ -52,7 +52,7 @@ class _RunningStats:
         }
 
 
-def cache_activations(model_dir: str | Path, train_split: str | Path, out_shards: Sequence[str | Path],
+def cache_activations(*, model_dir: str | Path, train_split: str | Path, out_shards: Sequence[str | Path],
                       out_manifest: str | Path, settings: CacheActivationsSettings) -> dict:
     """Stream every layer's MLP in/out over the train split into one parquet shard per layer
     (`out_shards` in the order of `settings.layers`)."""

@@ -134,7 +134,7 @@ def write_attribution(prompt: Prompt, model, tokenizer, out_graph: str | Path, o
     return scores
 
 
-def attribute_prompt(prompt: dict, model_dir: str | Path, transcoder_set: str | Path, out_graph: str | Path,
+def attribute_prompt(*, prompt: dict, model_dir: str | Path, transcoder_set: str | Path, out_graph: str | Path,
                      out_metadata: str | Path, out_scores: str | Path, settings: AttributePromptSettings) -> dict:
     """Rule entry point: read and check the prompt and the set first (cheap), then load and attribute.
 

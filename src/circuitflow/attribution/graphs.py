@@ -53,7 +53,7 @@ def _checked_feature(source: Path) -> dict:
     return data
 
 
-def assemble_graphs(slugs: Sequence[str], graphs: Sequence[str | Path], metadata: Sequence[str | Path],
+def assemble_graphs(*, slugs: Sequence[str], graphs: Sequence[str | Path], metadata: Sequence[str | Path],
                     scores: Sequence[str | Path], feature_dir: str | Path | None, out_dir: str | Path,
                     explanations: str | Path | None = None, classifications: str | Path | None = None,
                     feature_scores: str | Path | None = None) -> dict:
@@ -103,7 +103,7 @@ def assemble_graphs(slugs: Sequence[str], graphs: Sequence[str | Path], metadata
     return {"graphs": slugs, "features": len(features), "features_without_examples": missing, "labels": counts}
 
 
-def assemble_hub_graphs(graph_dir: str | Path, out_dir: str | Path, scan: str | None) -> dict:
+def assemble_hub_graphs(*, graph_dir: str | Path, out_dir: str | Path, scan: str | None) -> dict:
     """The graphs of `graph_dir` with `scan` set to a hub repo ('owner/name[@revision]'), for
     sharing: circuit-tracer's frontend then loads feature examples from that repo's packed
     `features/` instead of a local folder, so the copy holds no feature files. Paths under the

@@ -486,7 +486,7 @@ class _Router:
             split.pack(record, ids)
 
 
-def prepare_dataset(model_dir: str | Path, out_train: str | Path, out_validation: str | Path,
+def prepare_dataset(*, model_dir: str | Path, out_train: str | Path, out_validation: str | Path,
                     out_summary: str | Path, settings: PrepareDatasetSettings) -> dict:
     """Stream, split, tokenize and write both splits plus a JSON summary."""
     from circuitflow.model.loading import load_tokenizer

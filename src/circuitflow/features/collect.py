@@ -137,7 +137,7 @@ def collect(model_dir: str | Path, validation_split: str | Path, sources_for, ou
     return metadata
 
 
-def collect_features(model_dir: str | Path, transcoder_set: str | Path, validation_split: str | Path,
+def collect_features(*, model_dir: str | Path, transcoder_set: str | Path, validation_split: str | Path,
                      out_dir: str | Path, out_metadata: str | Path, settings: CollectFeaturesSettings) -> dict:
     """Transcoder features of `settings.layers` (each must have a transcoder in the set)."""
     config = read_transcoder_set(transcoder_set)
@@ -153,7 +153,7 @@ def collect_features(model_dir: str | Path, transcoder_set: str | Path, validati
     return collect(model_dir, validation_split, lambda model: transcoders, out_dir, out_metadata, settings)
 
 
-def collect_neurons(model_dir: str | Path, validation_split: str | Path, out_dir: str | Path,
+def collect_neurons(*, model_dir: str | Path, validation_split: str | Path, out_dir: str | Path,
                     out_metadata: str | Path, settings: CollectNeuronsSettings) -> dict:
     """The same files for a seeded sample of `settings.n_per_layer` MLP neurons per layer."""
     def sources_for(model):

@@ -230,7 +230,7 @@ def read_packed_feature(packed_dir: str | os.PathLike, layer: int, feature: int)
     return json.loads(gzip.decompress(chunk[_LENGTH.size : _LENGTH.size + length]))
 
 
-def pack_features(feature_dir: str | os.PathLike, transcoder_set: str | os.PathLike,
+def pack_features(*, feature_dir: str | os.PathLike, transcoder_set: str | os.PathLike,
                   out_dir: str | os.PathLike) -> dict[str, Any]:
     """Rule entry point: pack with the layers and feature count of a transcoder set config."""
     from circuitflow.transcoders.sets import read_transcoder_set

@@ -115,7 +115,7 @@ def imported_hub_config(raw: dict, repo_id: str, revision: str, base_model: str,
     return config, files
 
 
-def stage_hub_repo(transcoder_set: str | Path, weights: Sequence[str | Path], architectures: Sequence[str | Path],
+def stage_hub_repo(*, transcoder_set: str | Path, weights: Sequence[str | Path], architectures: Sequence[str | Path],
                    training_metrics: Sequence[str | Path], fidelity: str | Path | None,
                    fidelity_table: str | Path | None,
                    packed: str | Path, feature_metadata: str | Path, dataset_summary: str | Path,

@@ -107,7 +107,7 @@ def _explain(error: Exception, repo_id: str, step: str, endpoint: str) -> HubErr
     return HubError(f"uploading to {repo_id} failed while {step}: {detail}")
 
 
-def upload_to_hub(repo_dir: str | Path, out_receipt: str | Path, settings: UploadToHubSettings) -> dict:
+def upload_to_hub(*, repo_dir: str | Path, out_receipt: str | Path, settings: UploadToHubSettings) -> dict:
     """Commit the differences between `repo_dir` and the repo's `settings.revision`; write the receipt."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError

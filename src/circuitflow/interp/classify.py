@@ -16,8 +16,8 @@ from pathlib import Path
 
 from circuitflow.config import ClassifyFeaturesSettings
 from circuitflow.interp.examples import explainer_examples
-from circuitflow.interp.judging import failures, judge_all, reply_fields
-from circuitflow.interp.prompts import classification_messages
+from circuitflow.interp.feature_jobs import failures, judge_all, reply_fields
+from circuitflow.interp.judge_prompts import classification_messages
 from circuitflow.interp.selection import load_selection
 from circuitflow.io import write_json
 from circuitflow.llm import judge_name
@@ -72,7 +72,7 @@ def category_shares(records: list[dict], categories) -> dict:
             "per_layer": {str(layer): shares([r for r in records if r["layer"] == layer]) for layer in layers}}
 
 
-def classify_features(selection: str | Path, feature_dir: str | Path, out_classifications: str | Path,
+def classify_features(*, selection: str | Path, feature_dir: str | Path, out_classifications: str | Path,
                       out_usage: str | Path, cache_path: str | Path, server_log: str | Path,
                       settings: ClassifyFeaturesSettings) -> dict:
     items = load_selection(selection, feature_dir)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from circuitflow.config import ExplainFeaturesSettings
 from circuitflow.interp.examples import MARK, explainer_examples, trivial_explanation
-from circuitflow.interp.judging import failures, judge_all, reply_fields
-from circuitflow.interp.prompts import explanation_messages
+from circuitflow.interp.feature_jobs import failures, judge_all, reply_fields
+from circuitflow.interp.judge_prompts import explanation_messages
 from circuitflow.interp.selection import load_selection
 from circuitflow.io import write_json
 from circuitflow.llm import judge_name
@@ -34,7 +34,7 @@ def clean_description(value) -> str | None:
     return value or None
 
 
-def explain_features(selection: str | Path, feature_dir: str | Path, out_explanations: str | Path,
+def explain_features(*, selection: str | Path, feature_dir: str | Path, out_explanations: str | Path,
                      out_usage: str | Path, cache_path: str | Path, server_log: str | Path,
                      settings: ExplainFeaturesSettings) -> dict:
     items = load_selection(selection, feature_dir)

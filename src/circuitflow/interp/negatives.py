@@ -35,7 +35,7 @@ ATTEMPTS_PER_NEGATIVE = 200  # random windows tried per wanted negative before g
 class ActivationPool:
     """Selected features' activations over a seeded pool of validation windows."""
 
-    def __init__(self, model_dir: str | Path, validation: str | Path, kind: str, transcoder_set: str | Path | None,
+    def __init__(self, model_dir: str | Path, validation: str | Path, unit: str, transcoder_set: str | Path | None,
                  wanted: dict[int, list[int]], n_windows: int, neurons_per_layer: int, seed: int,
                  model_dtype: str, device: str, batch_size: int = 8):
         model, tokenizer = load_model(model_dir, model_dtype)
@@ -56,7 +56,7 @@ class ActivationPool:
         self.text = [[text_of(int(t)) for t in row] for row in self.tokens]
         blocks = decoder_layers(model)
         sources, columns = {}, {}
-        if kind == "features":
+        if unit == "features":
             set_config = read_transcoder_set(transcoder_set)
             replacement = load_replacement(set_config, sorted(wanted), decoders=False)
             for layer in wanted:

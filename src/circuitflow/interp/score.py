@@ -29,9 +29,9 @@ import numpy as np
 
 from circuitflow.config import ScoreExplanationsSettings
 from circuitflow.interp.examples import Snippet, explainer_examples, held_out_positives
-from circuitflow.interp.judging import failures, judge_all
+from circuitflow.interp.feature_jobs import failures, judge_all
+from circuitflow.interp.judge_prompts import detection_messages, fuzzing_messages
 from circuitflow.interp.metrics import binary_metrics, mean
-from circuitflow.interp.prompts import detection_messages, fuzzing_messages
 from circuitflow.interp.selection import load_selection
 from circuitflow.io import read_json, write_json
 from circuitflow.llm import judge_name
@@ -129,10 +129,12 @@ def summarize(records: list[dict], methods: list[str]) -> dict:
             "per_layer": {str(layer): block([r for r in records if r["layer"] == layer]) for layer in layers}}
 
 
-def score_explanations(selection: str | Path, explanations: str | Path, feature_dir: str | Path,
+def score_explanations(*, selection: str | Path, explanations: str | Path, feature_dir: str | Path,
                        validation: str | Path, model_dir: str | Path, transcoder_set: str | Path | None,
                        out_scores: str | Path, out_usage: str | Path, cache_path: str | Path,
-                       server_log: str | Path, kind: str, settings: ScoreExplanationsSettings) -> dict:
+                       server_log: str | Path, unit: str, settings: ScoreExplanationsSettings) -> dict:
+    """unit: "features" (transcoder features, read through `transcoder_set`) or "neurons"; the
+    scores file's metadata records it as "kind"."""
     from circuitflow.interp.negatives import ActivationPool
 
     explained = {r["cantor_id"]: r for r in read_json(explanations)["features"]}
@@ -154,9 +156,9 @@ def score_explanations(selection: str | Path, explanations: str | Path, feature_
         wanted.setdefault(entry["layer"], []).append(entry["feature"])
     items = []
     if prepared:
-        pool = ActivationPool(model_dir, validation, kind, transcoder_set, wanted, settings.negative_pool_windows,
+        pool = ActivationPool(model_dir, validation, unit, transcoder_set, wanted, settings.negative_pool_windows,
                               settings.neurons_per_layer, settings.seed, settings.model_dtype, settings.device)
-        fraction = settings.negative_max_fraction if kind == "features" else settings.neuron_negative_max_fraction
+        fraction = settings.negative_max_fraction if unit == "features" else settings.neuron_negative_max_fraction
         for entry, feature, record, positives in prepared:
             ceiling = fraction * float(feature.get("act_max", 0.0))
             negatives = pool.negatives(entry["layer"], entry["feature"], positives, settings.negatives,
@@ -182,14 +184,14 @@ def score_explanations(selection: str | Path, explanations: str | Path, feature_
     outcomes = judge_all(settings.llm, items, work, cache_path, server_log, out_usage, "score")
     records = [o.result for o in outcomes if o.error is None]
     methods = ["detection", "fuzzing"] if settings.fuzzing else ["detection"]
-    result = {"metadata": {"kind": kind, "model": judge_name(settings.llm), "explanations": str(explanations),
+    result = {"metadata": {"kind": unit, "model": judge_name(settings.llm), "explanations": str(explanations),
                            "n_scored": len(records), "n_skipped": len(skipped), "skipped": skipped,
                            "failed": failures(outcomes, lambda item: {"cantor_id": item[0]["cantor_id"]}),
                            "methods": methods, "logprobs": settings.llm.logprobs},
               "summary": summarize(records, methods), "features": records}
     write_json(out_scores, result)
     overall = result["summary"]["overall"]
-    log.info("scored %d %s (%d skipped): detection balanced accuracy llm %s, trivial %s", len(records), kind,
+    log.info("scored %d %s (%d skipped): detection balanced accuracy llm %s, trivial %s", len(records), unit,
              len(skipped), _fmt(overall["llm"]["detection"]["balanced_accuracy"]),
              _fmt(overall["trivial"]["detection"]["balanced_accuracy"]))
     return result

@@ -53,7 +53,7 @@ def _usable(feature: dict | None, settings: SelectFeaturesSettings) -> str | Non
     return None
 
 
-def select_features(feature_dir: str | Path, metadata: str | Path, graphs: Sequence[str | Path],
+def select_features(*, feature_dir: str | Path, metadata: str | Path, graphs: Sequence[str | Path],
                     out_selection: str | Path, settings: SelectFeaturesSettings) -> dict:
     """Write `out_selection`: the chosen features with why each was chosen, and what was skipped."""
     feature_dir = Path(feature_dir)

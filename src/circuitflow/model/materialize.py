@@ -18,7 +18,7 @@ from circuitflow.model.source import resolve_source
 log = logging.getLogger("circuitflow.model")
 
 
-def prepare_model(out_dir: str | Path, settings: PrepareModelSettings) -> dict:
+def prepare_model(*, out_dir: str | Path, settings: PrepareModelSettings) -> dict:
     """Load `settings.source` with transformers and save it as a plain safetensors folder.
 
     Writes `<out_dir>/provenance.json` (source, hashes of source and output files). The folder

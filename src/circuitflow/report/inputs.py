@@ -46,18 +46,18 @@ class _File:
     def fail(self, problem: str):
         raise ReportInputError(f"{self.path}: {problem}")
 
-    def get(self, record: Any, key: str, where: str, kind: str, default: Any = _MISSING) -> Any:
-        """record[key] checked to be `kind`: number, number?, int, str, str?, list, dict (? allows null)."""
+    def get(self, record: Any, key: str, where: str, type_name: str, default: Any = _MISSING) -> Any:
+        """record[key] checked to be `type_name`: number, number?, int, str, str?, list, dict (? allows null)."""
         if not isinstance(record, dict):
             self.fail(f"{where} is a JSON {_json_type(record)}, not an object")
         if key not in record:
             if default is not _MISSING:
                 return default
             self.fail(f"{where} has no field {key!r}")
-        value, optional = record[key], kind.endswith("?")
+        value, optional = record[key], type_name.endswith("?")
         if value is None and optional:
             return None
-        base = kind.rstrip("?")
+        base = type_name.rstrip("?")
         ok = {
             "number": isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value),
@@ -178,28 +178,29 @@ def _shares(f: _File, shares: Any, where: str) -> dict[str, float]:
     return {category: f.get(shares, category, where, "number") for category in shares}
 
 
-def read_classifications(kinds: Sequence[str], paths: Sequence[str | Path]) -> dict[str, dict]:
-    """classify_features' feature_classifications.json per kind: the category shares, overall and
-    per layer, and how many units were classified."""
+def read_classifications(units: Sequence[str], paths: Sequence[str | Path]) -> dict[str, dict]:
+    """classify_features' feature_classifications.json per unit (features, neurons): the category
+    shares, overall and per layer, and how many units were classified."""
     out = {}
-    for kind, path in keyed(kinds, paths, "classification files").items():
+    for unit, path in keyed(units, paths, "classification files").items():
         f = _File(path, "classification file")
         shares = f.get(f.data, "shares", "the file", "dict")
         per_layer = f.get(shares, "per_layer", "shares", "dict", default={})
         if not all(str(layer).isdigit() for layer in per_layer):
             f.fail(f"shares.per_layer has keys {sorted(per_layer)}, not layer numbers")
-        out[kind] = {"n": f.get(shares, "n", "shares", "int"),
+        out[unit] = {"n": f.get(shares, "n", "shares", "int"),
                      "overall": _shares(f, f.get(shares, "overall", "shares", "dict"), "shares.overall"),
                      "per_layer": {str(layer): _shares(f, value, f"shares.per_layer.{layer}")
                                    for layer, value in sorted(per_layer.items(), key=lambda kv: int(kv[0]))}}
     return out
 
 
-def read_detection_scores(kinds: Sequence[str], paths: Sequence[str | Path]) -> dict[str, dict]:
-    """score_explanations' scores.json per kind: each unit's detection balanced accuracy and AUROC,
-    for the LLM explanation and for the non-LLM one (a unit without a score is left out)."""
+def read_detection_scores(units: Sequence[str], paths: Sequence[str | Path]) -> dict[str, dict]:
+    """score_explanations' scores.json per unit (features, neurons): each unit's detection balanced
+    accuracy and AUROC, for the LLM explanation and for the non-LLM one (a unit without a score is
+    left out)."""
     out = {}
-    for kind, path in keyed(kinds, paths, "score files").items():
+    for unit, path in keyed(units, paths, "score files").items():
         f = _File(path, "score file")
         values: dict[str, dict[str, list[float]]] = {}
         for i, record in enumerate(f.get(f.data, "features", "the file", "list")):
@@ -215,7 +216,7 @@ def read_detection_scores(kinds: Sequence[str], paths: Sequence[str | Path]) -> 
                     value = f.get(detection, metric, where, "number?", default=None)
                     if value is not None:
                         kept[metric].append(value)
-        out[kind] = values
+        out[unit] = values
     return out
 
 
@@ -224,7 +225,7 @@ def read_interp_summary(path: str | Path) -> dict:
     f = _File(path, "interp summary file")
     rows = f.get(f.data, "rows", "the file", "list")
     for i, row in enumerate(rows):
-        for key in ("kind", "explanation"):
+        for key in ("kind", "explanation"):  # "kind": the row's unit (features, neurons)
             f.get(row, key, f"rows[{i}]", "str")
         f.get(row, "n_features", f"rows[{i}]", "int")
     return {"judge": f.get(f.data, "judge", "the file", "list"), "rows": rows,

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 FEATURES_COLOR, NEURONS_COLOR = "#1f77b4", "#ff7f0e"
-KIND_COLORS = {"features": FEATURES_COLOR, "neurons": NEURONS_COLOR}
-KIND_NAMES = {"features": "transcoder features", "neurons": "MLP neurons"}
+UNIT_COLORS = {"features": FEATURES_COLOR, "neurons": NEURONS_COLOR}
+UNIT_NAMES = {"features": "transcoder features", "neurons": "MLP neurons"}
 SOURCE_NAMES = {"llm": "LLM explanation", "trivial": "top tokens + logits"}
 DPI = 100
 
@@ -146,18 +146,18 @@ def plot_activation_frequency(features: dict, neurons: dict | None, out: str | P
     fig, (ax_hist, ax_map) = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True,
                                           gridspec_kw={"width_ratios": [1, 1.2]})
     drawn = {"bins": [float(b) for b in bins]}
-    for kind, data in (("features", features), ("neurons", neurons)):
+    for unit, data in (("features", features), ("neurons", neurons)):
         if data is None:
             continue
         pooled = [v for values in data["by_layer"].values() for v in values]
         logs, never = _log_frequencies(pooled)
         dead = sum(data["dead_per_layer"].values())
-        label = f"{KIND_NAMES[kind]} ({len(pooled)} collected" + (f", {dead} dead" if dead else "") + \
+        label = f"{UNIT_NAMES[unit]} ({len(pooled)} collected" + (f", {dead} dead" if dead else "") + \
             (f", {never} never fired" if never else "") + ")"
         weights = np.full(len(logs), 1.0 / max(len(pooled), 1))
         counts, _, patches = ax_hist.hist(logs, bins=bins, weights=weights, histtype="stepfilled", alpha=0.45,
-                                          color=KIND_COLORS[kind], edgecolor=KIND_COLORS[kind], label=label)
-        drawn[kind] = {"n": len(pooled), "never_fired": never, "dead": dead,
+                                          color=UNIT_COLORS[unit], edgecolor=UNIT_COLORS[unit], label=label)
+        drawn[unit] = {"n": len(pooled), "never_fired": never, "dead": dead,
                        "shares": [float(c) for c in counts]}
     ax_hist.set(title="Activation frequency, all layers", xlabel="log10(activation frequency)",
                 ylabel="share of units")
@@ -202,7 +202,7 @@ def plot_graph_scores(rows: list[dict], out: str | Path) -> dict:
 
 
 def plot_classification_shares(classes: dict[str, dict], out: str | Path) -> dict:
-    """Stacked bars of the judge's category shares, overall and per sampled layer, per kind."""
+    """Stacked bars of the judge's category shares, overall and per sampled layer, per unit."""
     plt = _pyplot()
     categories = sorted({c for data in classes.values() for c in data["overall"]} - {"unparsed"})
     categories += ["unparsed"] if any("unparsed" in d["overall"] for d in classes.values()) else []
@@ -212,19 +212,19 @@ def plot_classification_shares(classes: dict[str, dict], out: str | Path) -> dic
     fig, axes = plt.subplots(1, len(classes), figsize=(6 * len(classes), 1.8 + 0.32 * n_rows),
                              constrained_layout=True, squeeze=False)
     drawn = {}
-    for ax, (kind, data) in zip(axes[0], classes.items()):
+    for ax, (unit, data) in zip(axes[0], classes.items()):
         labels = ["overall"] + [f"layer {layer}" for layer in data["per_layer"]]
         table = [data["overall"]] + list(data["per_layer"].values())
         left = np.zeros(len(labels))
-        drawn[kind] = {"labels": labels, "n": data["n"]}
+        drawn[unit] = {"labels": labels, "n": data["n"]}
         for category in categories:
             widths = np.array([row.get(category, 0.0) for row in table])
             bars = ax.barh(range(len(labels)), widths, left=left, color=colors[category], label=category)
-            drawn[kind][category] = _widths(bars)
+            drawn[unit][category] = _widths(bars)
             left += widths
         ax.set_yticks(range(len(labels)), labels, fontsize=8 if len(labels) > 16 else 10)
         ax.invert_yaxis()
-        ax.set(xlim=(0, 1), xlabel="share of classified units", title=f"{KIND_NAMES.get(kind, kind)} (n = {data['n']})")
+        ax.set(xlim=(0, 1), xlabel="share of classified units", title=f"{UNIT_NAMES.get(unit, unit)} (n = {data['n']})")
         ax.grid(axis="x", alpha=0.3)
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=len(categories), fontsize=9)
@@ -237,26 +237,26 @@ def plot_detection_scores(detection: dict[str, dict], out: str | Path) -> dict:
     """Per-unit detection balanced accuracy and AUROC: features vs neurons, each with the LLM
     explanation and with the non-LLM one (box, and every unit as a dot; 0.5 is chance)."""
     plt = _pyplot()
-    groups = [(kind, source) for kind in detection for source in ("llm", "trivial") if source in detection[kind]]
+    groups = [(unit, source) for unit in detection for source in ("llm", "trivial") if source in detection[unit]]
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
     rng = np.random.default_rng(0)  # jitter only; seeded so the figure is reproducible
-    drawn: dict = {"groups": [f"{kind}/{source}" for kind, source in groups]}
+    drawn: dict = {"groups": [f"{unit}/{source}" for unit, source in groups]}
     for ax, metric, title in ((axes[0], "balanced_accuracy", "Detection balanced accuracy per unit"),
                               (axes[1], "auroc", "Detection AUROC per unit (from yes/no log-probabilities)")):
-        series = [detection[kind][source][metric] for kind, source in groups]
+        series = [detection[unit][source][metric] for unit, source in groups]
         positions = np.arange(1, len(groups) + 1)
         drawn[metric] = {}
-        for position, (kind, source), values in zip(positions, groups, series):
+        for position, (unit, source), values in zip(positions, groups, series):
             if values:
                 ax.boxplot([values], positions=[position], widths=0.5, showfliers=False,
-                           medianprops={"color": "k"}, boxprops={"color": KIND_COLORS.get(kind, "k")})
+                           medianprops={"color": "k"}, boxprops={"color": UNIT_COLORS.get(unit, "k")})
             dots = ax.scatter(position + rng.uniform(-0.15, 0.15, len(values)), values, s=14, alpha=0.7,
-                              color=KIND_COLORS.get(kind, "k"), marker="o" if source == "llm" else "s",
+                              color=UNIT_COLORS.get(unit, "k"), marker="o" if source == "llm" else "s",
                               edgecolors="none")
-            drawn[metric][f"{kind}/{source}"] = sorted(float(v) for v in dots.get_offsets()[:, 1])
+            drawn[metric][f"{unit}/{source}"] = sorted(float(v) for v in dots.get_offsets()[:, 1])
         ax.axhline(0.5, color="k", ls="--", lw=1, alpha=0.6, label="chance")
-        ax.set_xticks(positions, [f"{KIND_NAMES.get(k, k)}\n{SOURCE_NAMES[s]}\n(n = {len(v)})"
-                                  for (k, s), v in zip(groups, series)], fontsize=8)
+        ax.set_xticks(positions, [f"{UNIT_NAMES.get(u, u)}\n{SOURCE_NAMES[s]}\n(n = {len(v)})"
+                                  for (u, s), v in zip(groups, series)], fontsize=8)
         ax.set(ylim=(-0.03, 1.03), title=title, ylabel={"auroc": "AUROC"}.get(metric, metric.replace("_", " ")))
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")

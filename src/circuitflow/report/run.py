@@ -24,16 +24,17 @@ SECTIONS = {
 }
 
 
-def plot_run_report(outputs: Mapping[str, str | Path], *, kind: str, layers: Sequence[int],
+def plot_run_report(*, outputs: Mapping[str, str | Path], kind: str, layers: Sequence[int],
                     training_metrics: Sequence[str | Path], fidelity: str | Path | None, feature_metadata: str | Path,
                     neuron_metadata: str | Path | None = None, graph_scores: Sequence[str | Path] = (),
-                    interp_kinds: Sequence[str] = (), classifications: Sequence[str | Path] = (),
+                    interp_units: Sequence[str] = (), classifications: Sequence[str | Path] = (),
                     detection_scores: Sequence[str | Path] = (), interp_summary: str | Path | None = None) -> dict:
     """Write the report's figures and tables to `outputs` (name -> path, names from SECTIONS, plus
     `data`: what every figure drew, as JSON) and return that data.
 
     kind/layers: transcoder.kind and the layers of `training_metrics` (one layer_<l>.metrics.json
-    per layer, or the one clt.metrics.json).
+    per layer, or the one clt.metrics.json). interp_units: the units the judge explained
+    ("features", "neurons"), in the order of `classifications` and `detection_scores`.
     """
     wanted = {"features"}
     if fidelity:
@@ -59,8 +60,8 @@ def plot_run_report(outputs: Mapping[str, str | Path], *, kind: str, layers: Seq
         data["graphs"] = inputs.read_graph_scores(graph_scores)
     if "interp" in wanted:
         data["summary"] = inputs.read_interp_summary(interp_summary)
-        data["classes"] = inputs.read_classifications(interp_kinds, classifications)
-        data["detection"] = inputs.read_detection_scores(interp_kinds, detection_scores)
+        data["classes"] = inputs.read_classifications(interp_units, classifications)
+        data["detection"] = inputs.read_detection_scores(interp_units, detection_scores)
 
     drawn = {"frequency_plot": plots.plot_activation_frequency(data["features"], data["neurons"],
                                                                outputs["frequency_plot"])}

@@ -19,7 +19,7 @@ tr.total td { font-weight: 600; border-top: 2px solid #999; }
 p.note { color: #555; max-width: 60em; }
 """
 
-KIND_NAMES = {"features": "transcoder features", "neurons": "MLP neurons"}
+UNIT_NAMES = {"features": "transcoder features", "neurons": "MLP neurons"}
 SOURCE_NAMES = {"llm": "LLM explanation", "trivial": "top tokens + logits (no LLM)"}
 
 
@@ -87,12 +87,13 @@ def interp_scores_table(summary: dict, out: str | Path) -> dict:
     keys = ["n_features", "detection_balanced_accuracy", "detection_mean_feature_balanced_accuracy",
             "detection_precision", "detection_recall", "detection_f1", "detection_auroc",
             "fuzzing_balanced_accuracy", "fuzzing_auroc"]
-    rows = [[KIND_NAMES.get(r["kind"], r["kind"]), SOURCE_NAMES.get(r["explanation"], r["explanation"]),
+    # summary.json's rows name their unit (features, neurons) in the field "kind"
+    rows = [[UNIT_NAMES.get(r["kind"], r["kind"]), SOURCE_NAMES.get(r["explanation"], r["explanation"]),
              *[r.get(k) for k in keys]] for r in summary["rows"]]
     shares = summary["category_shares"]
     categories = sorted({c for share in shares.values() for c in share})
-    share_rows = [[KIND_NAMES.get(kind, kind), *[f"{share.get(c, 0.0):.0%}" for c in categories]]
-                  for kind, share in shares.items()]
+    share_rows = [[UNIT_NAMES.get(unit, unit), *[f"{share.get(c, 0.0):.0%}" for c in categories]]
+                  for unit, share in shares.items()]
     note = (f"<p class='note'>Judge: {html.escape(', '.join(map(str, summary['judge'])))}. Detection and fuzzing "
             "pool every yes/no judgement on held-out positives and verified-zero negatives (balanced accuracy "
             "0.5 is chance); 'per feature' is the mean of per-unit balanced accuracies.</p>")

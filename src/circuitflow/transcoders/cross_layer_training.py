@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from circuitflow.activations.shards import ActivationShard
-from circuitflow.config import TrainCrossLayerTranscoderSettings, check_cross_layer
+from circuitflow.config import TrainCrossLayerTranscoderSettings
+from circuitflow.config_rules import check_cross_layer, check_sparsity
 from circuitflow.io import write_json
 from circuitflow.logs import Progress, pick_device
 from circuitflow.transcoders.cross_layer import CrossLayerTranscoder, save_cross_layer_transcoder
@@ -309,16 +310,14 @@ def _fold_scales(model: CrossLayerTranscoder, scale_x: torch.Tensor, scale_y: to
     model.b_dec.mul_(scale_y[:, None])
 
 
-def train_cross_layer_transcoder(shard_paths, out_dir: str | Path, out_metrics: str | Path,
+def train_cross_layer_transcoder(*, shard_paths, out_dir: str | Path, out_metrics: str | Path,
                                  settings: TrainCrossLayerTranscoderSettings) -> dict:
     """Train one CLT over `settings.layers` (0..n-1) from their shards (in that order); write
     its files into `out_dir` and its metrics."""
     architecture, layers = settings.architecture, settings.layers
     training = dataclasses.replace(settings.training, device=pick_device(settings.training.device))
     check_cross_layer(layers, architecture.activation, architecture.skip_connection, training.jumprelu_training)
-    if not 0 < architecture.k < architecture.n_features:
-        raise ValueError(f"transcoder.k {architecture.k} must be in 1..{architecture.n_features - 1} "
-                         f"(below transcoder.n_features {architecture.n_features})")
+    check_sparsity(architecture.activation, architecture.k, architecture.n_features)
     if len(shard_paths) != len(layers):
         raise ValueError(f"{len(shard_paths)} activation shards given for layers {list(layers)}")
     started = time.perf_counter()

@@ -163,7 +163,7 @@ def _next_token_log_probs(model, ids: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits.float(), dim=-1)
 
 
-def evaluate_transcoders(model_dir: str | Path, transcoder_set: str | Path, validation_split: str | Path,
+def evaluate_transcoders(*, model_dir: str | Path, transcoder_set: str | Path, validation_split: str | Path,
                          out_json: str | Path, out_csv: str | Path, settings: EvaluateTranscodersSettings) -> dict:
     """Measure every transcoder of the set on the validation split; write fidelity.json and .csv."""
     started = time.perf_counter()

@@ -373,7 +373,7 @@ def check_against_model(published: PublishedSet, facts: ModelFacts | None, model
 # --------------------------------------------------------------------------- rules
 
 
-def download_transcoder_set(source_uri: str, out_receipt: str | Path) -> dict:
+def download_transcoder_set(*, source_uri: str, out_receipt: str | Path) -> dict:
     """Rule download_transcoder_set: resolve the revision to a commit, snapshot the repo at that
     commit into resources/transcoders/ (huggingface_hub resumes a killed download), fetch the
     files its config.yaml names in other repos, then write the receipt."""
@@ -404,7 +404,7 @@ def download_transcoder_set(source_uri: str, out_receipt: str | Path) -> dict:
     return receipt
 
 
-def import_transcoder_set(model_dir: str | Path, out_config: str | Path, settings: ImportTranscoderSetSettings,
+def import_transcoder_set(*, model_dir: str | Path, out_config: str | Path, settings: ImportTranscoderSetSettings,
                           receipt: str | Path | None = None) -> dict:
     """Rule import_transcoder_set: check the set against the materialized model and write the
     run's set config (circuitflow's keys, plus `source:` for circuit-tracer's loaders)."""

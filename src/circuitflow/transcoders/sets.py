@@ -87,7 +87,7 @@ class TranscoderSetConfig:
                 f"{sorted(self.layers)} only; add those layers to activations.layers")
 
 
-def write_transcoder_set(model_dir: str | Path, weights: Sequence[str | Path], out_config: str | Path,
+def write_transcoder_set(*, model_dir: str | Path, weights: Sequence[str | Path], out_config: str | Path,
                          settings: WriteTranscoderSetSettings) -> dict:
     """Check every layer's files (`weights` in the order of `settings.layers`) against the model
     and each other, then write `config.yaml`."""

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from circuitflow.config import TranscoderArchitecture
+from circuitflow.config_rules import check_sparsity
 from circuitflow.io import atomic_path, read_json, tensor_shapes, write_json
 from circuitflow.model.hooks import HOOK_IN, HOOK_OUT
 
@@ -65,8 +66,8 @@ class Transcoder(nn.Module):
         skip_connection = architecture.skip_connection
         if activation not in ACTIVATIONS:
             raise ValueError(f"transcoder activation {activation!r} is not one of {ACTIVATIONS}")
-        if activation == "topk" and not 0 < k <= n_features:
-            raise ValueError(f"transcoder k={k} must be in 1..n_features ({n_features})")
+        if activation == "topk":  # only topk applies k here; jumprelu's k was a training setting
+            check_sparsity(activation, k, n_features)
         self.architecture = architecture
         self.d_model, self.n_features, self.activation, self.k = d_model, n_features, activation, k
         self.W_enc = nn.Parameter(torch.zeros(n_features, d_model))

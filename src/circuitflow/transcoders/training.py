@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from circuitflow.activations.shards import ActivationShard
 from circuitflow.config import TrainingSettings, TrainTranscoderSettings
+from circuitflow.config_rules import TOPK_TRAINED, check_sparsity
 from circuitflow.io import atomic_path, write_json
 from circuitflow.logs import Progress, pick_device
 from circuitflow.transcoders.jumprelu_ste import L0Controller, initial_thresholds, jumprelu_ste
@@ -36,7 +37,6 @@ from circuitflow.transcoders.single_layer import ReluTopK, Transcoder, save_tran
 log = logging.getLogger("circuitflow.transcoders")
 
 TRAINABLE = ("topk", "jumprelu", "relu")
-TOPK_TRAINED = ("topk", "jumprelu")  # jumprelu: TopK training, then per-feature thresholds
 
 
 class ShardBatches:
@@ -276,16 +276,14 @@ def evaluate(model: Transcoder, x: torch.Tensor, y: torch.Tensor, activation: st
     }
 
 
-def train_transcoder(shard_path: str | Path, layer: int, out_weights: str | Path, out_architecture: str | Path,
+def train_transcoder(*, shard_path: str | Path, layer: int, out_weights: str | Path, out_architecture: str | Path,
                      out_metrics: str | Path, settings: TrainTranscoderSettings) -> dict:
     """Train one layer's transcoder from its activation shard; write weights, architecture, metrics."""
     architecture = settings.architecture
     settings = dataclasses.replace(settings.training, device=pick_device(settings.training.device))
     if architecture.activation not in TRAINABLE:
         raise ValueError(f"transcoder.activation {architecture.activation!r}: training supports {TRAINABLE}")
-    if architecture.activation in TOPK_TRAINED and not 0 < architecture.k < architecture.n_features:
-        raise ValueError(f"transcoder.k {architecture.k} must be in 1..{architecture.n_features - 1} "
-                         f"(below transcoder.n_features {architecture.n_features})")
+    check_sparsity(architecture.activation, architecture.k, architecture.n_features)
     started = time.perf_counter()
     shard = ActivationShard(shard_path)
     torch.manual_seed(settings.seed * 1000 + layer)

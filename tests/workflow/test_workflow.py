@@ -69,7 +69,7 @@ def test_default_dry_run(default_checkout):
                       "train_transcoder": n_layers, "write_transcoder_set": 1, "collect_features": 1,
                       "attribute_prompt": prompts, "select_features": 1, "classify_features": 1,
                       "explain_features": 1, "score_explanations": 1, "assemble_graphs": 1,
-                      "total": 10 + n_layers + prompts}
+                      "link_graphs": 1, "total": 11 + n_layers + prompts}
     everything = job_counts(snakemake(default_checkout, "-n").stdout)  # the default target, `all`
     assert everything["collect_neurons"] == everything["pack_features"] == everything["compare_explanations"] == 1
     assert everything["score_explanations"] == 2  # features and neurons

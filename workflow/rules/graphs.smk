@@ -7,9 +7,9 @@ rule assemble_graphs:
         metadata=per_prompt(PATHS.graph_metadata, PLAN.prompts),
         scores=per_prompt(PATHS.graph_scores, PLAN.prompts),
         features=rules.collect_features.output.features,
-        explanations=expand(rules.explain_features.output.explanations, unit="features"),
-        classifications=expand(rules.classify_features.output.classifications, unit="features"),
-        feature_scores=expand(rules.score_explanations.output.scores, unit="features"),
+        explanations=PATHS.explanations.format(unit="features"),
+        classifications=PATHS.classifications.format(unit="features"),
+        feature_scores=PATHS.detection_scores.format(unit="features"),
     output:
         directory(PATHS.graphs),
     params:

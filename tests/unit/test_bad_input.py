@@ -107,7 +107,8 @@ def test_graph_nodes_carry_explanations_categories_and_scores(tmp_path):
     classified.write_text(json.dumps({"features": [{"cantor_id": cantor(0, 3), "category": "language",
                                                     "confidence": "high"}]}))
     scored.write_text(json.dumps({"features": [{"cantor_id": cantor(0, 3), "scores": {
-        "llm": {"detection": {"balanced_accuracy": 0.75}, "fuzzing": {"balanced_accuracy": 0.5}}}}]}))
+        "llm": {"detection": {"balanced_accuracy": 0.75}, "fuzzing": {"balanced_accuracy": 0.5}},
+        "trivial": {"detection": {"balanced_accuracy": 0.625}}}}]}))
     summary = assemble_graphs(slugs=["g"], graphs=graphs, metadata=metadata, scores=scores, feature_dir=features,
                               out_dir=tmp_path / "graphs", explanations=explained, classifications=classified,
                               feature_scores=scored)
@@ -117,6 +118,11 @@ def test_graph_nodes_carry_explanations_categories_and_scores(tmp_path):
     assert nodes[cantor(1, 2)]["clerp"] == "Fires rarely."  # no LLM explanation, no examples: the trivial one
     labelled = json.loads((tmp_path / "graphs" / "features" / f"{cantor(0, 3)}.json").read_text())
     assert labelled == {"layer": 0, "feature": 3, "explanation": "commas in lists", "explanation_source": "llm",
+                        "label_rule": "LLM explanation beat the token label: detection 0.750 vs token label 0.625 "
+                                      "on the same snippets",
+                        "token_label": "Fires rarely.", "token_label_output_centric": False,
+                        "llm_explanation": "commas in lists", "llm_detection_score": 0.75,
+                        "token_label_detection_score": 0.625,
                         "category": "language", "category_confidence": "high", "detection_score": 0.75,
                         "fuzzing_score": 0.5}
 

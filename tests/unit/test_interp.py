@@ -234,8 +234,11 @@ def test_explanations_drop_markers_and_fall_back_to_the_trivial_one(feature_dir,
     labels = FeatureLabels.load(tmp_path / "autointerp.json", None, None)
     record = result["features"][0]
     feature = json.loads((feature_dir / f"{record['cantor_id']}.json").read_text())
-    assert labels.fields(record["cantor_id"], feature) == {"explanation": "the token here at the end",
-                                                           "explanation_source": "llm"}
+    # explained but not scored: no evidence that it beats the token label, so the token label shows
+    fields = labels.fields(record["cantor_id"], feature)
+    assert fields["explanation_source"] == "trivial" and fields["explanation"] == trivial_explanation(feature)
+    assert fields["llm_explanation"] == "the token here at the end"
+    assert fields["label_rule"] == "LLM explanation not scored against the token label"
     explained = {r["cantor_id"] for r in result["features"]}
     unexplained = min(int(path.stem) for path in feature_dir.glob("*.json") if int(path.stem) not in explained)
     other = json.loads((feature_dir / f"{unexplained}.json").read_text())
@@ -253,3 +256,68 @@ def test_a_remote_judge_without_its_key_fails_before_any_request(tmp_path, monke
     with pytest.raises(LLMError, match="CIRCUITFLOW_TEST_KEY"):
         asyncio.run(go())
     assert not (tmp_path / "cache.sqlite").exists()
+
+
+@pytest.mark.parametrize("llm_score,token_score,shown", [
+    (0.75, 0.5, "llm"),      # beat the token label on the same snippets, above chance
+    (0.625, 0.625, "trivial"),  # a tie goes to the token label
+    (0.5, 0.375, "trivial"),  # better than the token label, but at chance
+    (0.5, 0.75, "trivial"),
+])
+def test_an_llm_label_is_shown_only_where_it_beat_the_token_label(llm_score, token_score, shown):
+    from circuitflow.interp.labels import label_choice
+
+    scored = {"llm": {"detection": {"balanced_accuracy": llm_score}},
+              "trivial": {"detection": {"balanced_accuracy": token_score}}}
+    source, reason = label_choice("digits in prices", scored)
+    assert source == shown and f"{llm_score:.3f} vs token label {token_score:.3f}" in reason
+    assert label_choice(None, scored)[0] == "trivial"
+    assert label_choice("digits in prices", {"llm": scored["llm"]})[0] == "trivial"  # no paired score
+
+
+@pytest.mark.parametrize("first,second,described,reason", [
+    # an echo of the instructions is re-asked once; a usable second reply is kept
+    ('{"description": "a phrase of 5 to 15 words in your own words that names the common pattern"}',
+     '{"description": "digits inside prices and dates"}', "digits inside prices and dates", None),
+    # a copied placeholder, then an empty description: no LLM description, the reason is kept
+    ('{"description": "..."}', '{"description": ""}', None, "empty"),
+    ('{"description": "..."}', '{"description": "tokens"}', None, "shorter than 3 words"),
+])
+def test_echoed_or_placeholder_explanations_are_reasked_then_rejected(feature_dir, tmp_path, first, second,
+                                                                      described, reason):
+    select_features(feature_dir=feature_dir, metadata=tmp_path / "meta.json", graphs=[],
+                    out_selection=tmp_path / "sel.json",
+                    settings=SelectFeaturesSettings(sample_layers=(0,), n_per_layer=1, max_graph_features=0))
+
+    def reply(body):  # the re-ask is the request that carries the first reply back
+        return ("reply", second if body["messages"][-1]["role"] == "user" and len(body["messages"]) > 2 else first)
+
+    server = ScriptedServer(default=reply)
+    try:
+        result = explain_features(selection=tmp_path / "sel.json", feature_dir=feature_dir,
+                                  out_explanations=tmp_path / "autointerp.json", out_usage=tmp_path / "usage.json",
+                                  cache_path=tmp_path / "cache.sqlite", server_log=tmp_path / "judge.log",
+                                  settings=ExplainFeaturesSettings(llm=llm(server.base_url)))
+    finally:
+        server.close()
+    record = result["features"][0]
+    assert record["description"] == described
+    assert record.get("unusable_reason") == reason
+    assert len(server.requests) == 2  # asked, then re-asked once
+    assert "cannot be used" in server.requests[1]["messages"][-1]["content"]
+    usage = json.loads((tmp_path / "usage.json").read_text())
+    assert usage["reasks"] == 1 and usage["unusable_replies"] == (0 if described else 1)
+    # the schema travels with the request (llm.json_schema) and no prompt holds a placeholder
+    assert server.requests[0]["response_format"]["json_schema"]["schema"]["required"] == ["description"]
+    assert not any("..." in m["content"] or "<what" in m["content"] for m in server.requests[0]["messages"])
+
+
+def test_unusable_reasons():
+    from circuitflow.interp.judge_prompts import EXPLANATION_SYSTEM
+    from circuitflow.interp.reply_checks import unusable_reason
+
+    assert unusable_reason("...", EXPLANATION_SYSTEM).startswith("no words")
+    assert unusable_reason("The token and its context, in 5-15 words.",
+                           "Describe what makes it activate: the token and its context, in 5-15 words.") \
+        == "restates the instructions"
+    assert unusable_reason("the word cat after a determiner", EXPLANATION_SYSTEM) is None

@@ -159,8 +159,11 @@ def test_figures_show_the_measured_numbers(tiny_report):
             assert drawn["detection_plot"]["balanced_accuracy"].get(f"{kind}/{source}", []) == pytest.approx(expected)
     summary = json.loads((results / "interp/summary.json").read_text())
     interp_table = (results / "report/interp_scores.html").read_text()
+    assert [row["explanation"] for row in summary["rows"]] == ["llm", "llm", "trivial", "trivial", "shuffled",
+                                                                "shuffled"]
     for row in summary["rows"]:
-        assert f'<td class="num">{row["detection_balanced_accuracy"]:.3f}</td>' in interp_table
+        if row["detection_balanced_accuracy"] is not None:
+            assert f'<td>{row["detection_balanced_accuracy"]:.3f}' in interp_table
 
 
 @pytest.mark.slow

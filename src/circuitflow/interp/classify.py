@@ -17,7 +17,7 @@ from pathlib import Path
 from circuitflow.config import ClassifyFeaturesSettings
 from circuitflow.interp.examples import explainer_examples
 from circuitflow.interp.feature_jobs import failures, judge_all, reply_fields
-from circuitflow.interp.judge_prompts import classification_messages
+from circuitflow.interp.judge_prompts import classification_messages, classification_schema
 from circuitflow.interp.selection import load_selection
 from circuitflow.io import write_json
 from circuitflow.llm import judge_name
@@ -82,7 +82,8 @@ def classify_features(*, selection: str | Path, feature_dir: str | Path, out_cla
         examples = explainer_examples(feature, settings.explainer_examples)
         messages = classification_messages(feature, examples, settings.categories, settings.domain_types,
                                            settings.mechanisms)
-        reply = await client.complete_json(messages)
+        schema = classification_schema(settings.categories, settings.domain_types, settings.mechanisms)
+        reply = await client.complete_json(messages, schema=schema, max_tokens=settings.max_tokens)
         return classification_record(entry, feature, len(examples), reply, settings)
 
     outcomes = judge_all(settings.llm, items, work, cache_path, server_log, out_usage, "classify")

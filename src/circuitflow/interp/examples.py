@@ -98,12 +98,13 @@ def top_tokens(feature: dict, n: int = 5) -> list[str]:
 
 
 def quote(token: str) -> str:
-    return repr(token)[1:-1] if token.strip() else repr(token)
+    """A token as it goes between double quotes: escapes visible; whitespace-only tokens keep
+    their repr's quotes so they stay visible."""
+    return repr(token)[1:-1].replace('"', '\\"') if token.strip() else repr(token)
 
 
 def trivial_explanation(feature: dict) -> str:
-    """The non-LLM baseline: the feature's top activating tokens and top logits as a sentence."""
-    tokens = ", ".join(f'"{quote(t)}"' for t in top_tokens(feature))
-    logits = ", ".join(f'"{quote(t)}"' for t in feature.get("top_logits", [])[:5])
-    text = f"Fires on the tokens {tokens}" if tokens else "Fires rarely"
-    return f"{text}; promotes {logits}." if logits else f"{text}."
+    """The non-LLM baseline: the feature's token label (see circuitflow.interp.token_label)."""
+    from circuitflow.interp.token_label import token_label  # token_label builds on this module
+
+    return token_label(feature)

@@ -1,21 +1,27 @@
 """score_explanations: how well each explanation predicts where its feature fires.
 
-Two delphi-style scorers, done right (see negatives.py and examples.py):
+Three scorers on the same held-out snippets (see negatives.py and examples.py):
 
-- **detection**: the judge reads an explanation and one snippet and says whether the feature
-  fires on it. Positives are held-out activating examples across the activation quantiles
-  (never the ones the explainer saw); negatives are validation windows of the same shape on
-  which the feature is verified to be zero, some of them "hard" (containing its top tokens).
+- **detection** (delphi's): the judge reads an explanation and a snippet and says whether the
+  feature fires on it. Positives are held-out activating examples across the activation
+  quantiles (never the ones the explainer saw); negatives are validation windows of the same
+  shape on which the feature is verified to be zero, some of them "hard" (containing its top
+  tokens).
 - **fuzzing**: the same positives with the tokens at or above `highlight_fraction` of the
   peak highlighted (correct), against negatives with as many random tokens highlighted
-  (incorrect); the judge says whether the highlighting fits the explanation. Only the LLM
-  explanation is fuzzed: the non-LLM one lists the firing tokens, so it would mark itself.
+  (incorrect); the judge says whether the highlighting fits. Only the LLM explanation is fuzzed:
+  the token label lists the firing tokens, so it would mark itself.
+- **embedding** (delphi's embedding scorer, no chat model): AUROC of the explanation's cosine
+  similarity to positives vs negatives under all-MiniLM-L6-v2 (circuitflow.interp.embedding).
 
-Each snippet is one request whose answer is one yes/no token; with ``llm.logprobs`` the
-probability P(yes)/(P(yes)+P(no)) from the top logprobs gives AUROC. Both the LLM explanation
-and the trivial (non-LLM) one are scored on the same snippets. Metrics are pooled over
-judgements (delphi's way) per layer and overall, with the mean of per-feature balanced
-accuracies beside them.
+Each feature is scored with three explanations: its LLM explanation ("llm"), its token label
+("trivial": top activating tokens and top logits), and, as a control, another feature's LLM
+explanation ("shuffled", which must sit near chance). With ``interp.scoring_batch_size`` 1
+each snippet is one request whose answer is one yes/no token, and with ``llm.logprobs`` the
+probability P(yes)/(P(yes)+P(no)) gives AUROC; larger batches number several snippets per
+request (circuitflow.interp.batched). Metrics are pooled over judgements (delphi's way) per
+layer and overall, with the mean of per-feature balanced accuracies and a hierarchical
+bootstrap 95 % interval (features, then snippets) beside them.
 """
 
 from __future__ import annotations
@@ -28,17 +34,27 @@ from pathlib import Path
 import numpy as np
 
 from circuitflow.config import ScoreExplanationsSettings
+from circuitflow.interp.batched import (
+    batch_answer_tokens,
+    batched_detection_messages,
+    batched_fuzzing_messages,
+    batches_of,
+    judge_items_batched,
+)
 from circuitflow.interp.examples import Snippet, explainer_examples, held_out_positives
 from circuitflow.interp.feature_jobs import failures, judge_all
 from circuitflow.interp.judge_prompts import detection_messages, fuzzing_messages
-from circuitflow.interp.metrics import binary_metrics, mean
+from circuitflow.interp.metrics import auroc, binary_metrics, mean
 from circuitflow.interp.selection import load_selection
+from circuitflow.interp.uncertainty import pooled_intervals
 from circuitflow.io import read_json, write_json
 from circuitflow.llm import judge_name
+from circuitflow.llm.cost import estimate_cost, format_estimate
 
 log = logging.getLogger("circuitflow.interp")
 
-SOURCES = ("llm", "trivial")  # which explanation: the judge's, or the top-tokens sentence
+# which explanation: the judge's, the token label, or another feature's (the control)
+SOURCES = ("llm", "trivial", "shuffled")
 TOP_LOGPROBS = 5
 
 
@@ -79,7 +95,7 @@ def fuzzing_items(positives: list[Snippet], negatives: list[Snippet], fraction: 
 
 async def judge_items(client, messages_for, description: str, items: list[tuple[str, bool]],
                       settings: ScoreExplanationsSettings) -> dict:
-    """Ask about every (text, label) item; the metrics, and each judgement."""
+    """Ask about every (text, label) item, one per request; the metrics, and each judgement."""
     top = TOP_LOGPROBS if settings.llm.logprobs else None
     replies = await asyncio.gather(*(client.complete(messages_for(description, text), json_mode=False,
                                                      max_tokens=settings.answer_max_tokens, top_logprobs=top)
@@ -93,40 +109,104 @@ async def judge_items(client, messages_for, description: str, items: list[tuple[
     return metrics
 
 
+BATCHED = {detection_messages: batched_detection_messages, fuzzing_messages: batched_fuzzing_messages}
+
+
+async def judge(client, messages_for, description: str, items: list[tuple[str, bool]],
+                settings: ScoreExplanationsSettings, batch_seed: int) -> dict:
+    """judge_items, or its batched form when interp.scoring_batch_size > 1."""
+    if settings.batch_size == 1:
+        return await judge_items(client, messages_for, description, items, settings)
+    return await judge_items_batched(client, BATCHED[messages_for], description, items,
+                                     batch_size=settings.batch_size, seed=batch_seed,
+                                     max_tokens=max(batch_answer_tokens(settings.batch_size),
+                                                    settings.answer_max_tokens))
+
+
 async def score_one(client, descriptions: dict[str, str], positives: list[Snippet], negatives: list[Snippet],
-                    settings: ScoreExplanationsSettings, rng: np.random.Generator) -> dict:
-    """Detection (and fuzzing) of each named description on the same snippets."""
+                    settings: ScoreExplanationsSettings, rng: np.random.Generator, embedder=None) -> dict:
+    """Detection, fuzzing (the LLM explanation only) and embedding scores of each named
+    description on the same snippets."""
     detection = [(s.text, True) for s in positives] + [(s.text, False) for s in negatives]
     fuzzing = fuzzing_items(positives, negatives, settings.highlight_fraction, rng) if settings.fuzzing else None
+    batch_seed = int(rng.integers(2**31))  # the same batches for every description
     scores = {}
     for source, description in descriptions.items():
         scores[source] = {"description": description,
-                          "detection": await judge_items(client, detection_messages, description, detection, settings)}
-        if fuzzing is not None and source != "trivial":  # it names tokens: highlighting them is no test
-            scores[source]["fuzzing"] = await judge_items(client, fuzzing_messages, description, fuzzing, settings)
+                          "detection": await judge(client, detection_messages, description, detection, settings,
+                                                   batch_seed)}
+        # the token label names tokens (highlighting them is no test); the control is scored by
+        # detection and embedding, which is enough to show where chance sits
+        if fuzzing is not None and source not in ("trivial", "shuffled"):
+            scores[source]["fuzzing"] = await judge(client, fuzzing_messages, description, fuzzing, settings,
+                                                    batch_seed)
+        if embedder is not None:
+            from circuitflow.interp.embedding import embedding_scores
+
+            scores[source]["embedding"] = embedding_scores(embedder, description, detection)
     return scores
 
 
-def pooled(records: list[dict], source: str, method: str) -> dict:
-    """Metrics over every judgement of these features, and the mean per-feature balanced accuracy."""
+def pooled(records: list[dict], source: str, method: str, settings: ScoreExplanationsSettings | None = None) -> dict:
+    """Metrics over every judgement of these features, the mean per-feature figure, and (with
+    settings.bootstrap_resamples) the bootstrap interval of each pooled figure."""
     judged = [r["scores"][source][method] for r in records if method in r["scores"].get(source, {})]
     items = [j for m in judged for j in m["judgements"]]
-    probabilities = [j["p_yes"] for j in items]
-    metrics = binary_metrics([j["label"] for j in items], [j["answer"] for j in items],
-                             probabilities if items and all(p is not None for p in probabilities) else None)
+    if method == "embedding":
+        labels = [j["label"] for j in items]
+        metrics = {"n": len(items), "n_positive": sum(labels), "n_negative": len(labels) - sum(labels),
+                   "auroc": auroc(labels, [j["similarity"] for j in items]) if items else None,
+                   "mean_feature_auroc": mean(m["auroc"] for m in judged)}
+    else:
+        probabilities = [j["p_yes"] for j in items]
+        metrics = binary_metrics([j["label"] for j in items], [j["answer"] for j in items],
+                                 probabilities if items and all(p is not None for p in probabilities) else None)
+        metrics["mean_feature_balanced_accuracy"] = mean(m["balanced_accuracy"] for m in judged)
     metrics["n_features"] = len(judged)
-    metrics["mean_feature_balanced_accuracy"] = mean(m["balanced_accuracy"] for m in judged)
+    if settings is not None and settings.bootstrap_resamples:
+        metrics["interval"] = pooled_intervals(records, source=source, method=method,
+                                               n_boot=settings.bootstrap_resamples, seed=settings.seed)
     return metrics
 
 
-def summarize(records: list[dict], methods: list[str]) -> dict:
+def summarize(records: list[dict], methods: list[str], settings: ScoreExplanationsSettings | None = None) -> dict:
     layers = sorted({r["layer"] for r in records})
 
-    def block(group):
-        return {source: {method: pooled(group, source, method) for method in methods} for source in SOURCES}
+    def block(group, with_intervals):
+        return {source: {method: pooled(group, source, method, settings if with_intervals else None)
+                         for method in methods} for source in SOURCES}
 
-    return {"overall": block(records),
-            "per_layer": {str(layer): block([r for r in records if r["layer"] == layer]) for layer in layers}}
+    return {"overall": block(records, True),
+            "per_layer": {str(layer): block([r for r in records if r["layer"] == layer], False) for layer in layers}}
+
+
+def shuffled_descriptions(explained: list[tuple[int, str]]) -> dict[int, str]:
+    """The control: each feature's explanation replaced by another feature's (the next one in
+    the list whose text differs), so no feature keeps its own; empty when fewer than two differ."""
+    shuffled = {}
+    for i, (cantor_id, own) in enumerate(explained):
+        for step in range(1, len(explained)):
+            other = explained[(i + step) % len(explained)][1]
+            if other != own:
+                shuffled[cantor_id] = other
+                break
+    return shuffled
+
+
+def planned_requests(items: list, shuffled: dict[int, str], settings: ScoreExplanationsSettings) -> list[list[dict]]:
+    """The detection requests the scoring will send (fuzzing and retries aside), for the cost estimate."""
+    planned = []
+    for entry, record, positives, negatives in items:
+        texts = [s.text for s in positives + negatives]
+        descriptions = [d for d in (record.get("description"), record["trivial_description"],
+                                    shuffled.get(entry["cantor_id"])) if d]
+        for description in descriptions:
+            if settings.batch_size == 1:
+                planned += [detection_messages(description, text) for text in texts]
+            else:
+                planned += [batched_detection_messages(description, [texts[i] for i in batch])
+                            for batch in batches_of(len(texts), settings.batch_size, settings.seed)]
+    return planned
 
 
 def score_explanations(*, selection: str | Path, explanations: str | Path, feature_dir: str | Path,
@@ -170,30 +250,52 @@ def score_explanations(*, selection: str | Path, explanations: str | Path, featu
                 continue
             items.append((entry, record, positives, negatives))
 
+    shuffled = (shuffled_descriptions([(entry["cantor_id"], record["description"]) for entry, record, *_ in items
+                                       if record.get("description")]) if settings.shuffled_control else {})
+    embedder = None
+    if settings.embedding_scorer and items:
+        from circuitflow.interp.embedding import SentenceEmbedder
+        from circuitflow.logs import pick_device
+
+        embedder = SentenceEmbedder(device=pick_device(settings.device))
+    answer_tokens = batch_answer_tokens(settings.batch_size) if settings.batch_size > 1 else settings.answer_max_tokens
+    log.info("score: %s", format_estimate(estimate_cost(
+        requests=planned_requests(items, shuffled, settings), completion_tokens_per_request=answer_tokens,
+        price_per_million_prompt=settings.llm.price_per_million_prompt,
+        price_per_million_completion=settings.llm.price_per_million_completion, n_features=len(items))))
+
     async def work(client, item):
         entry, record, positives, negatives = item
         descriptions = {"trivial": record["trivial_description"]}
         if record.get("description"):
             descriptions = {"llm": record["description"], **descriptions}
+        if entry["cantor_id"] in shuffled:
+            descriptions["shuffled"] = shuffled[entry["cantor_id"]]
         rng = np.random.default_rng([settings.seed, entry["layer"], entry["feature"]])
         return {"layer": entry["layer"], "feature": entry["feature"], "cantor_id": entry["cantor_id"],
                 "activation_freq": entry["activation_freq"], "selected_by": entry["selected_by"],
                 "n_positives": len(positives), "n_negatives": len(negatives),
-                "scores": await score_one(client, descriptions, positives, negatives, settings, rng)}
+                "scores": await score_one(client, descriptions, positives, negatives, settings, rng, embedder)}
 
     outcomes = judge_all(settings.llm, items, work, cache_path, server_log, out_usage, "score")
     records = [o.result for o in outcomes if o.error is None]
     methods = ["detection", "fuzzing"] if settings.fuzzing else ["detection"]
+    if embedder is not None:
+        methods.append("embedding")
     result = {"metadata": {"kind": unit, "model": judge_name(settings.llm), "explanations": str(explanations),
                            "n_scored": len(records), "n_skipped": len(skipped), "skipped": skipped,
                            "failed": failures(outcomes, lambda item: {"cantor_id": item[0]["cantor_id"]}),
-                           "methods": methods, "logprobs": settings.llm.logprobs},
-              "summary": summarize(records, methods), "features": records}
+                           "methods": methods, "logprobs": settings.llm.logprobs and settings.batch_size == 1,
+                           "scoring_batch_size": settings.batch_size,
+                           "embedding_model": embedder.name if embedder is not None else None,
+                           "bootstrap_resamples": settings.bootstrap_resamples},
+              "summary": summarize(records, methods, settings), "features": records}
     write_json(out_scores, result)
     overall = result["summary"]["overall"]
-    log.info("scored %d %s (%d skipped): detection balanced accuracy llm %s, trivial %s", len(records), unit,
-             len(skipped), _fmt(overall["llm"]["detection"]["balanced_accuracy"]),
-             _fmt(overall["trivial"]["detection"]["balanced_accuracy"]))
+    log.info("scored %d %s (%d skipped): detection balanced accuracy llm %s, token label %s, shuffled %s", len(records),
+             unit, len(skipped), _fmt(overall["llm"]["detection"]["balanced_accuracy"]),
+             _fmt(overall["trivial"]["detection"]["balanced_accuracy"]),
+             _fmt(overall["shuffled"]["detection"]["balanced_accuracy"]))
     return result
 
 

@@ -41,6 +41,8 @@ log = logging.getLogger("circuitflow.llm")
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 REASK = "Your reply was not a valid JSON object. Reply again with only the JSON object, nothing else."
+REASK_UNUSABLE = ("That reply cannot be used ({problem}). Look at the examples again and reply with only the "
+                  "JSON object, describing the feature in your own words.")
 
 
 class LLMError(RuntimeError):
@@ -65,6 +67,7 @@ class Usage:
     reasks: int = 0
     failed_requests: int = 0
     unparsed_replies: int = 0
+    unusable_replies: int = 0  # parsed, but failed the caller's check even after the re-ask
     wall_seconds: float = 0.0
 
 
@@ -75,6 +78,7 @@ class Reply:
     data: Any = None  # the parsed JSON object, for complete_json
     parsed: bool = True
     top_logprobs: dict | None = None  # first completion token's alternatives, token -> logprob
+    problem: str | None = None  # why a parsed reply is still unusable (complete_json's `check`)
 
 
 @dataclass
@@ -154,15 +158,18 @@ def _first_token_logprobs(choice) -> dict | None:
 class LLMClient:
     """`settings.base_url` must be set (circuitflow.llm.judge fills it in for the local server);
     `identity` names the model in cache keys when the served name alone does not (a local
-    alias stands for whatever GGUF was loaded)."""
+    alias stands for whatever GGUF was loaded); `local_server` marks the local llama-cpp-python
+    server, whose JSON-schema parameter differs from OpenAI's."""
 
-    def __init__(self, settings: LLMSettings, cache_path: str | Path, identity: str | None = None):
+    def __init__(self, settings: LLMSettings, cache_path: str | Path, identity: str | None = None,
+                 local_server: bool = False):
         from openai import AsyncOpenAI
 
         if not settings.base_url:
             raise LLMError("llm.base_url is not set and no local judge was started")
         self.settings = settings
         self.identity = identity or settings.model
+        self.local_server = local_server  # llama-cpp-python's server, started by circuitflow.llm.judge
         api_key = resolve_api_key(settings)  # first: a missing key fails before anything is touched
         self.cache = ResponseCache(cache_path)
         self.usage = Usage()
@@ -172,18 +179,20 @@ class LLMClient:
         self._started = time.perf_counter()
 
     def sampling(self, max_tokens: int | None = None, json_mode: bool | None = None,
-                 top_logprobs: int | None = None) -> dict:
+                 top_logprobs: int | None = None, schema: dict | None = None) -> dict:
         """Everything besides the messages that shapes a reply (and so keys the cache)."""
         s = self.settings
+        json_mode = s.json_mode if json_mode is None else json_mode
         return {"temperature": s.temperature, "top_p": s.top_p, "seed": s.seed,
-                "max_tokens": max_tokens or s.max_tokens,
-                "json_mode": s.json_mode if json_mode is None else json_mode, "top_logprobs": top_logprobs}
+                "max_tokens": max_tokens or s.max_tokens, "json_mode": json_mode, "top_logprobs": top_logprobs,
+                "schema": schema if json_mode and s.json_schema else None}
 
     async def complete(self, messages: list[dict], max_tokens: int | None = None, json_mode: bool | None = None,
-                       top_logprobs: int | None = None) -> Reply:
+                       top_logprobs: int | None = None, schema: dict | None = None) -> Reply:
         """One chat completion, from the cache when it was answered before. `top_logprobs`
-        asks for that many alternatives of each completion token (the first one's are returned)."""
-        sampling = self.sampling(max_tokens, json_mode, top_logprobs)
+        asks for that many alternatives of each completion token (the first one's are returned);
+        `schema` constrains a JSON reply where the server supports it (llm.json_schema)."""
+        sampling = self.sampling(max_tokens, json_mode, top_logprobs, schema)
         key = request_key(self.identity, messages, sampling)
         hit = self.cache.get(key)
         if hit is not None:
@@ -194,21 +203,34 @@ class LLMClient:
         self.cache.put(key, self.identity, {"messages": messages, **sampling}, text, usage)
         return Reply(text, cached=False, top_logprobs=usage.get("top_logprobs"))
 
-    async def complete_json(self, messages: list[dict]) -> Reply:
-        """A JSON object reply; one re-ask when malformed, else the raw reply with parsed=False."""
-        first = await self.complete(messages)
+    async def complete_json(self, messages: list[dict], *, schema: dict | None = None, max_tokens: int | None = None,
+                            check: Callable[[dict], str | None] | None = None) -> Reply:
+        """A JSON object reply. One re-ask when it is malformed, or when `check(data)` names a
+        problem (an echoed prompt, say); after that the reply comes back with parsed=False
+        (malformed) or with `problem` set (unusable), and is counted."""
+        first = await self.complete(messages, max_tokens=max_tokens, schema=schema)
+        problem = "not a valid JSON object"
         try:
-            return Reply(first.text, first.cached, extract_json(first.text))
+            data = extract_json(first.text)
         except ValueError:
             pass
+        else:
+            problem = check(data) if check else None
+            if problem is None:
+                return Reply(first.text, first.cached, data)
         self.usage.reasks += 1
+        reask = REASK if problem == "not a valid JSON object" else REASK_UNUSABLE.format(problem=problem)
         again = await self.complete([*messages, {"role": "assistant", "content": first.text},
-                                     {"role": "user", "content": REASK}])
+                                     {"role": "user", "content": reask}], max_tokens=max_tokens, schema=schema)
         try:
-            return Reply(again.text, again.cached, extract_json(again.text))
+            data = extract_json(again.text)
         except ValueError:
             self.usage.unparsed_replies += 1
             return Reply(again.text, again.cached, None, parsed=False)
+        problem = check(data) if check else None
+        if problem is not None:
+            self.usage.unusable_replies += 1
+        return Reply(again.text, again.cached, data, problem=problem)
 
     async def _request_with_retries(self, messages: list[dict], sampling: dict) -> tuple[str, dict]:
         import openai
@@ -218,7 +240,9 @@ class LLMClient:
                         "top_p": sampling["top_p"], "max_tokens": sampling["max_tokens"]}
         if sampling["seed"] is not None:
             kwargs["seed"] = sampling["seed"]
-        if sampling["json_mode"]:
+        if sampling["schema"] is not None:
+            kwargs["response_format"] = self._schema_format(sampling["schema"])
+        elif sampling["json_mode"]:
             kwargs["response_format"] = {"type": "json_object"}
         if sampling["top_logprobs"]:
             kwargs["logprobs"], kwargs["top_logprobs"] = True, sampling["top_logprobs"]
@@ -254,6 +278,13 @@ class LLMClient:
             await asyncio.sleep(delay)
         self.usage.failed_requests += 1
         raise LLMRequestError(f"{s.base_url}: {reason} (after {s.max_retries} retries)", retryable=True)
+
+    def _schema_format(self, schema: dict) -> dict:
+        """response_format for a JSON schema: llama-cpp-python's server (the local judge) reads
+        it from a json_object format; OpenAI, vLLM and Ollama read OpenAI's json_schema form."""
+        if self.local_server:
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
 
     @staticmethod
     def _describe(error) -> str:

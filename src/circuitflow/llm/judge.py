@@ -77,7 +77,8 @@ async def open_judge(settings: LLMSettings, cache_path: str | Path, server_log: 
     with one_local_judge(cache_path), LocalLlamaServer(gguf, server_log, model_alias=settings.model,
                                                         n_ctx=settings.local_n_ctx,
                                                         n_threads=settings.local_threads) as server:
-        client = LLMClient(dataclasses.replace(settings, base_url=server.base_url), cache_path, identity)
+        client = LLMClient(dataclasses.replace(settings, base_url=server.base_url), cache_path, identity,
+                           local_server=True)
         try:
             yield client
         finally:

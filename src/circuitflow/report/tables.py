@@ -7,6 +7,7 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
+from circuitflow.interp.compare import NOTE, SOURCE_NAMES, UNIT_NAMES, with_interval
 from circuitflow.io import atomic_path
 
 STYLE = """
@@ -19,8 +20,6 @@ tr.total td { font-weight: 600; border-top: 2px solid #999; }
 p.note { color: #555; max-width: 60em; }
 """
 
-UNIT_NAMES = {"features": "transcoder features", "neurons": "MLP neurons"}
-SOURCE_NAMES = {"llm": "LLM explanation", "trivial": "top tokens + logits (no LLM)"}
 
 
 def cell(value, digits: int = 3) -> str:
@@ -82,21 +81,23 @@ def graph_scores_table(rows: list[dict], out: str | Path) -> dict:
 
 
 def interp_scores_table(summary: dict, out: str | Path) -> dict:
-    columns = ["units", "explanation", "n", "detection bal. acc.", "per feature", "precision", "recall", "F1",
-               "AUROC", "fuzzing bal. acc.", "fuzzing AUROC"]
-    keys = ["n_features", "detection_balanced_accuracy", "detection_mean_feature_balanced_accuracy",
-            "detection_precision", "detection_recall", "detection_f1", "detection_auroc",
-            "fuzzing_balanced_accuracy", "fuzzing_auroc"]
-    # summary.json's rows name their unit (features, neurons) in the field "kind"
+    """The headline table of compare_explanations (interp/scores_table.md), as HTML."""
+    columns = ["units", "explanation", "n", "detection bal. acc. [95 % CI]", "per feature", "F1", "AUROC",
+               "fuzzing bal. acc.", "embedding AUROC [95 % CI]"]
     rows = [[UNIT_NAMES.get(r["kind"], r["kind"]), SOURCE_NAMES.get(r["explanation"], r["explanation"]),
-             *[r.get(k) for k in keys]] for r in summary["rows"]]
+             r["n_features"],
+             with_interval(r.get("detection_balanced_accuracy"), r.get("detection_balanced_accuracy_interval")),
+             r.get("detection_mean_feature_balanced_accuracy"), r.get("detection_f1"), r.get("detection_auroc"),
+             r.get("fuzzing_balanced_accuracy"),
+             with_interval(r.get("embedding_auroc"), r.get("embedding_auroc_interval"))] for r in summary["rows"]]
     shares = summary["category_shares"]
     categories = sorted({c for share in shares.values() for c in share})
     share_rows = [[UNIT_NAMES.get(unit, unit), *[f"{share.get(c, 0.0):.0%}" for c in categories]]
                   for unit, share in shares.items()]
     note = (f"<p class='note'>Judge: {html.escape(', '.join(map(str, summary['judge'])))}. Detection and fuzzing "
             "pool every yes/no judgement on held-out positives and verified-zero negatives (balanced accuracy "
-            "0.5 is chance); 'per feature' is the mean of per-unit balanced accuracies.</p>")
+            "0.5 is chance); 'per feature' is the mean of per-unit balanced accuracies; embedding AUROC needs no "
+            f"chat model. {html.escape(NOTE)}</p>")
     write_page(out, "Explanation scores: transcoder features vs MLP neurons",
                [note, _table(columns, rows), "<h3>Category shares</h3>",
                 _table(["units", *categories], share_rows)])

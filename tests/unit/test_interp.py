@@ -283,8 +283,9 @@ def test_an_llm_label_is_shown_only_where_it_beat_the_token_label(llm_score, tok
     ('{"description": "..."}', '{"description": ""}', None, "empty"),
     ('{"description": "..."}', '{"description": "tokens"}', None, "shorter than 3 words"),
 ])
-def test_echoed_or_placeholder_explanations_are_reasked_then_rejected(feature_dir, tmp_path, first, second,
+def test_echoed_or_placeholder_explanations_are_reasked_then_rejected(feature_dir, tmp_path, caplog, first, second,
                                                                       described, reason):
+    caplog.set_level("INFO", logger="circuitflow.interp")
     select_features(feature_dir=feature_dir, metadata=tmp_path / "meta.json", graphs=[],
                     out_selection=tmp_path / "sel.json",
                     settings=SelectFeaturesSettings(sample_layers=(0,), n_per_layer=1, max_graph_features=0))
@@ -310,6 +311,9 @@ def test_echoed_or_placeholder_explanations_are_reasked_then_rejected(feature_di
     # the schema travels with the request (llm.json_schema) and no prompt holds a placeholder
     assert server.requests[0]["response_format"]["json_schema"]["schema"]["required"] == ["description"]
     assert not any("..." in m["content"] or "<what" in m["content"] for m in server.requests[0]["messages"])
+    # the cost estimate is logged before the first request (no prices configured here)
+    assert any(r.message.startswith("explain: planned 1 requests") and "prices not set" in r.message
+               for r in caplog.records)
 
 
 def test_unusable_reasons():

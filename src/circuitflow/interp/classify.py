@@ -77,16 +77,21 @@ def classify_features(*, selection: str | Path, feature_dir: str | Path, out_cla
                       settings: ClassifyFeaturesSettings) -> dict:
     items = load_selection(selection, feature_dir)
 
+    schema = classification_schema(settings.categories, settings.domain_types, settings.mechanisms)
+
+    def messages_for(feature):
+        return classification_messages(feature, explainer_examples(feature, settings.explainer_examples),
+                                       settings.categories, settings.domain_types, settings.mechanisms)
+
     async def work(client, item):
         entry, feature = item
-        examples = explainer_examples(feature, settings.explainer_examples)
-        messages = classification_messages(feature, examples, settings.categories, settings.domain_types,
-                                           settings.mechanisms)
-        schema = classification_schema(settings.categories, settings.domain_types, settings.mechanisms)
-        reply = await client.complete_json(messages, schema=schema, max_tokens=settings.max_tokens)
-        return classification_record(entry, feature, len(examples), reply, settings)
+        reply = await client.complete_json(messages_for(feature), schema=schema, max_tokens=settings.max_tokens)
+        n_examples = len(explainer_examples(feature, settings.explainer_examples))
+        return classification_record(entry, feature, n_examples, reply, settings)
 
-    outcomes = judge_all(settings.llm, items, work, cache_path, server_log, out_usage, "classify")
+    outcomes = judge_all(settings.llm, items, work, cache_path, server_log, out_usage, "classify",
+                         planned=[messages_for(feature) for _, feature in items],
+                         completion_tokens=settings.max_tokens)
     records = [o.result for o in outcomes if o.error is None]
     result = {
         "metadata": {"input_dir": str(feature_dir), "model": judge_name(settings.llm),

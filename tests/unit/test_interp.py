@@ -218,18 +218,23 @@ def test_classification_parses_keeps_raw_and_records_failures(feature_dir, tmp_p
     assert usage["reasks"] == 2 and usage["unparsed_replies"] == 2 and usage["failed_requests"] == 1
 
 
+def run_explain(server, feature_dir, tmp_path) -> dict:
+    """explain_features on tmp_path/sel.json against `server` (closed afterwards)."""
+    try:
+        return explain_features(selection=tmp_path / "sel.json", feature_dir=feature_dir,
+                                out_explanations=tmp_path / "autointerp.json", out_usage=tmp_path / "usage.json",
+                                cache_path=tmp_path / "cache.sqlite", server_log=tmp_path / "judge.log",
+                                settings=ExplainFeaturesSettings(llm=llm(server.base_url)))
+    finally:
+        server.close()
+
+
 def test_explanations_drop_markers_and_fall_back_to_the_trivial_one(feature_dir, tmp_path):
     select_features(feature_dir=feature_dir, metadata=tmp_path / "meta.json", graphs=[],
                     out_selection=tmp_path / "sel.json",
                     settings=SelectFeaturesSettings(sample_layers=(0, 1), n_per_layer=1, max_graph_features=0))
     server = ScriptedServer(default=("reply", '{"reasoning": "x", "description": "the token <<<here>>> at the end"}'))
-    try:
-        result = explain_features(selection=tmp_path / "sel.json", feature_dir=feature_dir,
-                                  out_explanations=tmp_path / "autointerp.json", out_usage=tmp_path / "usage.json",
-                                  cache_path=tmp_path / "cache.sqlite", server_log=tmp_path / "judge.log",
-                                  settings=ExplainFeaturesSettings(llm=llm(server.base_url)))
-    finally:
-        server.close()
+    result = run_explain(server, feature_dir, tmp_path)
     assert [r["description"] for r in result["features"]] == ["the token here at the end"] * 2
     labels = FeatureLabels.load(tmp_path / "autointerp.json", None, None)
     record = result["features"][0]
@@ -294,13 +299,7 @@ def test_echoed_or_placeholder_explanations_are_reasked_then_rejected(feature_di
         return ("reply", second if body["messages"][-1]["role"] == "user" and len(body["messages"]) > 2 else first)
 
     server = ScriptedServer(default=reply)
-    try:
-        result = explain_features(selection=tmp_path / "sel.json", feature_dir=feature_dir,
-                                  out_explanations=tmp_path / "autointerp.json", out_usage=tmp_path / "usage.json",
-                                  cache_path=tmp_path / "cache.sqlite", server_log=tmp_path / "judge.log",
-                                  settings=ExplainFeaturesSettings(llm=llm(server.base_url)))
-    finally:
-        server.close()
+    result = run_explain(server, feature_dir, tmp_path)
     record = result["features"][0]
     assert record["description"] == described
     assert record.get("unusable_reason") == reason

@@ -271,7 +271,8 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
             assert detection["n_negative"] == record["n_negatives"] > 0
             assert all(j["p_yes"] is not None for j in detection["judgements"])  # logprobs from llama.cpp
     table = (interp / "scores_table.md").read_text()
-    assert "| transcoder features | LLM explanation |" in table and "| MLP neurons | top tokens" in table
+    assert "| transcoder features | LLM explanation |" in table and "| MLP neurons | token label" in table
+    assert "| transcoder features | shuffled-explanation control |" in table
 
     # The transcoders target also measures their fidelity.
     snakemake(tmp_path, "--cores", "2", "transcoders", "--configfile", "tiny.yaml")

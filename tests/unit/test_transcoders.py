@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -397,7 +398,7 @@ training.train_transcoder(shard_path=sys.argv[1], layer=0, out_weights=out + ".s
 """
 
 
-def test_training_resumes_after_kill_9_with_identical_weights(tmp_path):
+def test_training_resumes_after_kill_9_with_identical_weights(tmp_path, caplog):
     """kill -9 right after the second checkpoint; the rerun resumes and ends byte-identical to an
     uninterrupted run; a checkpoint from other settings is not resumed."""
     import subprocess
@@ -429,6 +430,18 @@ def test_training_resumes_after_kill_9_with_identical_weights(tmp_path):
     other = train_settings(arch("topk", n_features=64, k=8), steps=50, batch_size=256, warmup_steps=5,
                            eval_tokens=500, dead_tokens=2000, checkpoint_every=10, seed=4, device="cpu")
     assert train(shard, other, tmp_path / "c", "layer_0")["resumed_from_step"] == 0
+
+    # Another shard of the same shape (same byte size and row count, other values, as after a
+    # corpus or model change) is not resumed either: the checkpoint is discarded.
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SECOND_CHECKPOINT, str(shard),
+                             json.dumps(as_params(settings)), str(tmp_path / "d" / "layer_0")])
+    assert killed.returncode == -9
+    size = shard.stat().st_size
+    _write_synthetic_shard(shard, seed=1)
+    assert shard.stat().st_size == size
+    with caplog.at_level(logging.WARNING, logger="circuitflow.transcoders"):
+        assert train(shard, settings, tmp_path / "d", "layer_0")["resumed_from_step"] == 0
+    assert "discarding checkpoint" in caplog.text
 
 
 def test_resampling_restarts_silent_latents_on_badly_reconstructed_tokens():

@@ -347,7 +347,7 @@ def train_cross_layer_transcoder(*, shard_paths, out_dir: str | Path, out_metric
     tokens_since_fired = torch.zeros(n_layers, model.n_features, dtype=torch.long, device=device)
     curve: list[dict] = []
     checkpoint = Checkpoint(Path(out_dir) / "checkpoints" / "clt.pt",
-                            training_fingerprint(shards, architecture, training, "clt"))
+                            training_fingerprint(shards, architecture, training, None, "clt"))
     resample_generator = torch.Generator(device=device).manual_seed(seed + 1)
     start_step = checkpoint.restore(model, optimizer, scheduler, tokens_since_fired, curve, resample_generator)
     for _ in range(max(start_step - 1, 0)):  # the seeded stream replays to where the checkpoint was

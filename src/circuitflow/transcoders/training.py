@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from circuitflow.activations.shards import ActivationShard
 from circuitflow.config import TrainingSettings, TrainTranscoderSettings
 from circuitflow.config_rules import TOPK_TRAINED, check_sparsity
-from circuitflow.io import atomic_path, write_json
+from circuitflow.io import atomic_path, sha256_file, write_json
 from circuitflow.logs import Progress, pick_device
 from circuitflow.transcoders.jumprelu_ste import L0Controller, initial_thresholds, jumprelu_ste
 from circuitflow.transcoders.single_layer import ReluTopK, Transcoder, save_transcoder
@@ -315,7 +315,7 @@ def train_transcoder(*, shard_path: str | Path, layer: int, out_weights: str | P
     tokens_since_fired = torch.zeros(architecture.n_features, dtype=torch.long, device=device)
     curve = []
     checkpoint = Checkpoint(Path(out_weights).parent / "checkpoints" / f"layer_{layer}.pt",
-                            training_fingerprint([shard], architecture, settings, layer))
+                            training_fingerprint([shard], architecture, settings, layer, "plt"))
     resample_generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + layer + 1)
     start_step = checkpoint.restore(model, optimizer, scheduler, tokens_since_fired, curve, resample_generator,
                                     controller)
@@ -420,11 +420,14 @@ def train_transcoder(*, shard_path: str | Path, layer: int, out_weights: str | P
     return metrics
 
 
-def training_fingerprint(shards: list[ActivationShard], architecture, settings: TrainingSettings, layer) -> str:
-    """What a checkpoint must match to be resumed: the data, the architecture and every training
-    setting that changes the numbers (not the logging or checkpoint cadence)."""
+def training_fingerprint(shards: list[ActivationShard], architecture, settings: TrainingSettings, layer,
+                         kind: str) -> str:
+    """What a checkpoint must match to be resumed: the kind (plt or clt), the data (each shard's
+    content hash: shards are uncompressed, so two of the same shape have the same size whatever
+    they hold), the architecture and every training setting that changes the numbers (not the
+    logging or checkpoint cadence)."""
     training = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("log_every_s", "checkpoint_every")}
-    identity = {"shards": [[str(Path(s.path).resolve()), Path(s.path).stat().st_size, s.n_rows] for s in shards],
+    identity = {"kind": kind, "shards": [[sha256_file(s.path), s.n_rows] for s in shards],
                 "layer": layer, "architecture": dataclasses.asdict(architecture), "training": training}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -459,7 +462,9 @@ class Checkpoint:
             log.warning("ignoring unreadable checkpoint %s (%s); training from step 0", self.path, error)
             return 0
         if state.get("fingerprint") != self.fingerprint:
-            log.info("checkpoint %s is from other data or settings; training from step 0", self.path)
+            log.warning("discarding checkpoint %s: it was trained on other data, settings or kind; training "
+                        "from step 0", self.path)
+            self.remove()
             return 0
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

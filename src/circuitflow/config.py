@@ -359,6 +359,7 @@ class ScoreExplanationsSettings:
     answer_max_tokens: int = knob("interp.answer_max_tokens")
     batch_size: int = knob("interp.scoring_batch_size")
     embedding_scorer: bool = knob("interp.embedding_scorer")
+    embedding_graph_features: int | None = knob("interp.embedding_graph_features")
     shuffled_control: bool = knob("interp.shuffled_control")
     bootstrap_resamples: int = knob("interp.bootstrap_resamples")
     context_before: int = knob("features.context_before")

@@ -21,10 +21,12 @@ from circuitflow.features import collect_features
 from circuitflow.interp import classify_features, explain_features, score_explanations, select_features
 from circuitflow.interp.examples import explainer_examples, held_out_positives
 from circuitflow.interp.judge_prompts import EXPLANATION_SYSTEM
+from circuitflow.interp.labels import FeatureLabels, node_label
 from circuitflow.interp.negatives import ActivationPool
 from circuitflow.interp.reply_checks import unusable_reason
 from circuitflow.interp.selection import load_selection
 
+from ..llm_server import ScriptedServer
 from .test_features import SETTINGS, tiny_setup  # noqa: F401  (the module fixture)
 
 JUDGE = LLMSettings()
@@ -108,3 +110,44 @@ def test_smollm2_classifies_explains_and_scores(collected, tiny_model_dir, tmp_p
     again = json.loads((tmp_path / "again.usage.json").read_text())
     assert again["requests"] == 0 and again["cache_hits"] == usage["requests"] - usage["retries"]
     assert json.loads((tmp_path / "again.json").read_text())["features"] == scored["features"]
+
+
+def test_graph_features_token_labels_get_embedding_scores_without_a_chat_model(collected, tiny_model_dir, tmp_path):
+    """Graph feature nodes the judge never sees: their token labels are scored by embedding on
+    held-out positives and verified negatives, capped at interp.embedding_graph_features (most
+    influential first), and the node's label shows that score. No chat request is sent."""
+    selection = json.loads((collected / "selection.json").read_text())
+    judged = {f["cantor_id"] for f in selection["features"]}
+    ranked = sorted(int(p.stem) for p in (collected / "json").glob("*.json") if int(p.stem) not in judged)[:6]
+    (tmp_path / "selection.json").write_text(json.dumps({**selection, "features": [], "graph_features": ranked}))
+    (tmp_path / "autointerp.json").write_text(json.dumps({"features": []}))
+    server = ScriptedServer(default=lambda body: ("reply", "no"))
+    try:
+        settings = ScoreExplanationsSettings(
+            llm=LLMSettings(base_url=server.base_url, model="judge", api_key_env=None), positives=2, negatives=2,
+            negative_pool_windows=8, context_before=6, context_after=2, device="cpu", embedding_graph_features=4)
+        scored = score_explanations(selection=tmp_path / "selection.json", explanations=tmp_path / "autointerp.json",
+                                    feature_dir=collected / "json", validation=collected / "validation.parquet",
+                                    model_dir=tiny_model_dir, transcoder_set=collected / "tc" / "config.yaml",
+                                    out_scores=tmp_path / "scores.json", out_usage=tmp_path / "usage.json",
+                                    cache_path=tmp_path / "cache.sqlite", server_log=tmp_path / "judge.log",
+                                    unit="features", settings=settings)
+    finally:
+        server.close()
+    assert server.requests == [] and json.loads((tmp_path / "usage.json").read_text())["requests"] == 0
+    graph = scored["graph_token_labels"]
+    assert 0 < len(graph["features"]) <= 4  # the cap: the 4 most influential (fewer if one has no negative)
+    assert {r["cantor_id"] for r in graph["features"]} <= set(ranked[:4])
+    for record in graph["features"]:
+        embedding = record["scores"]["trivial"]["embedding"]
+        assert embedding["n_positive"] == record["n_positives"] > 0 and embedding["n_negative"] == record["n_negatives"] > 0
+        assert 0.0 <= embedding["auroc"] <= 1.0
+    assert graph["summary"]["n_features"] == len(graph["features"])
+    labels = FeatureLabels.load(None, None, tmp_path / "scores.json")
+    record = graph["features"][0]
+    feature = json.loads((collected / "json" / f"{record['cantor_id']}.json").read_text())
+    fields = labels.fields(record["cantor_id"], feature)
+    assert fields["explanation_source"] == "trivial" and "detection_score" not in fields
+    assert fields["embedding_score"] == record["scores"]["trivial"]["embedding"]["auroc"]
+    assert fields["explanation"] == record["scores"]["trivial"]["description"]
+    assert node_label(fields).endswith(f"[embedding {fields['embedding_score']:.2f}]")

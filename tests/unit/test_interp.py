@@ -165,6 +165,8 @@ def test_selection_samples_per_layer_adds_graph_nodes_and_counts_skips(feature_d
     assert [(f["layer"], f["feature"]) for f in sorted(graph, key=lambda f: f["graph_influence"])] == [(0, 4), (1, 2)]
     assert result["skipped"][0]["cantor_id"] == cantor(1, 9) and "2 top examples" in result["skipped"][0]["reason"]
     assert sum("sample" in f["selected_by"] for f in result["features"]) == 4
+    # every graph feature, most influential first, for the token labels' embedding scores
+    assert result["graph_features"] == [cantor(1, 9), cantor(0, 4), cantor(1, 2)]
     again = select_features(feature_dir=feature_dir, metadata=tmp_path / "meta.json", graphs=[tmp_path / "g.json"],
                             out_selection=tmp_path / "again.json", settings=settings)
     assert again["features"] == result["features"]  # seeded

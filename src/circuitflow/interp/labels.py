@@ -14,6 +14,9 @@ balanced accuracy must be strictly higher than the token label's on the very sam
   on 8 snippets unless nearly all disagree; the rule is a filter against labels that do
   worse than or no better than the token label, not a proof that a shown label is good. The
   feature file keeps both scores and the rule's verdict so a reader can judge for themselves.
+
+Graph features the judge did not see still get evidence for their token label: its
+embedding score (no chat model) on held-out snippets, from score_explanations.
 """
 
 from __future__ import annotations
@@ -53,20 +56,25 @@ class FeatureLabels:
     explanations: dict[int, dict]
     classifications: dict[int, dict]
     scores: dict[int, dict]
+    graph_token_labels: dict[int, dict]  # embedding scores of token labels the judge did not score
 
     @classmethod
     def load(cls, explanations: str | Path | None, classifications: str | Path | None,
              scores: str | Path | None) -> FeatureLabels:
-        def by_id(path):
-            return {int(r["cantor_id"]): r for r in read_json(path)["features"]} if path else {}
+        def by_id(records):
+            return {int(r["cantor_id"]): r for r in records}
 
-        return cls(by_id(explanations), by_id(classifications), by_id(scores))
+        scored = read_json(scores) if scores else {}
+        return cls(by_id(read_json(explanations)["features"]) if explanations else {},
+                   by_id(read_json(classifications)["features"]) if classifications else {},
+                   by_id(scored.get("features", [])),
+                   by_id(scored.get("graph_token_labels", {}).get("features", [])))
 
     def fields(self, cantor_id: int, feature: dict) -> dict:
         """The fields added to a feature's JSON (and its node's label)."""
         token = token_label_fields(feature)
         description = self.explanations.get(cantor_id, {}).get("description")
-        scored = self.scores.get(cantor_id, {}).get("scores", {})
+        scored = (self.scores.get(cantor_id) or self.graph_token_labels.get(cantor_id) or {}).get("scores", {})
         source, reason = label_choice(description, scored)
         fields = {"explanation": description if source == "llm" else token["label"], "explanation_source": source,
                   "label_rule": reason, "token_label": token["label"],
@@ -74,7 +82,7 @@ class FeatureLabels:
         if description:
             fields["llm_explanation"] = description
             fields["llm_detection_score"] = detection_score(scored, "llm")
-        if scored.get("trivial"):
+        if detection_score(scored, "trivial") is not None:
             fields["token_label_detection_score"] = detection_score(scored, "trivial")
         classified = self.classifications.get(cantor_id)
         if classified is not None:
@@ -82,7 +90,8 @@ class FeatureLabels:
             fields["category_confidence"] = classified["confidence"]
         shown = scored.get(source)
         if shown is not None:
-            fields["detection_score"] = shown["detection"]["balanced_accuracy"]
+            if "detection" in shown:
+                fields["detection_score"] = shown["detection"]["balanced_accuracy"]
             if "fuzzing" in shown:
                 fields["fuzzing_score"] = shown["fuzzing"]["balanced_accuracy"]
             if "embedding" in shown:
@@ -91,6 +100,9 @@ class FeatureLabels:
 
 
 def node_label(fields: dict) -> str:
-    """The `clerp`: the label, with its detection score when there is one."""
-    score = fields.get("detection_score")
-    return fields["explanation"] + (f" [detection {score:.2f}]" if score is not None else "")
+    """The `clerp`: the label, with its detection score, or else its embedding score, when it has one."""
+    if fields.get("detection_score") is not None:
+        return f"{fields['explanation']} [detection {fields['detection_score']:.2f}]"
+    if fields.get("embedding_score") is not None:
+        return f"{fields['explanation']} [embedding {fields['embedding_score']:.2f}]"
+    return fields["explanation"]

@@ -41,13 +41,14 @@ from circuitflow.interp.batched import (
     batches_of,
     judge_items_batched,
 )
-from circuitflow.interp.examples import Snippet, explainer_examples, held_out_positives
+from circuitflow.interp.examples import Snippet, explainer_examples, held_out_positives, trivial_explanation
 from circuitflow.interp.feature_jobs import failures, judge_all
 from circuitflow.interp.judge_prompts import detection_messages, fuzzing_messages
 from circuitflow.interp.metrics import auroc, binary_metrics, mean
 from circuitflow.interp.selection import load_selection
 from circuitflow.interp.uncertainty import pooled_intervals
 from circuitflow.io import read_json, write_json
+from circuitflow.logs import Progress
 from circuitflow.llm import judge_name
 
 log = logging.getLogger("circuitflow.interp")
@@ -230,11 +231,15 @@ def score_explanations(*, selection: str | Path, explanations: str | Path, featu
             skipped.append({"cantor_id": entry["cantor_id"], "reason": "no held-out activating example"})
             continue
         prepared.append((entry, feature, record, positives))
+    embed = settings.embedding_scorer
+    graph_features = graph_features_to_embed(selection, feature_dir, {e["cantor_id"] for e, *_ in prepared},
+                                             settings) if embed and unit == "features" else []
     wanted: dict[int, list[int]] = {}
-    for entry, *_ in prepared:
+    for entry, *_ in prepared + graph_features:
         wanted.setdefault(entry["layer"], []).append(entry["feature"])
     items = []
-    if prepared:
+    pool = None
+    if wanted:
         pool = ActivationPool(model_dir, validation, unit, transcoder_set, wanted, settings.negative_pool_windows,
                               settings.neurons_per_layer, settings.seed, settings.model_dtype, settings.device)
         fraction = settings.negative_max_fraction if unit == "features" else settings.neuron_negative_max_fraction
@@ -252,11 +257,13 @@ def score_explanations(*, selection: str | Path, explanations: str | Path, featu
     shuffled = (shuffled_descriptions([(entry["cantor_id"], record["description"]) for entry, record, *_ in items
                                        if record.get("description")]) if settings.shuffled_control else {})
     embedder = None
-    if settings.embedding_scorer and items:
+    if embed and (items or graph_features):
         from circuitflow.interp.embedding import SentenceEmbedder
         from circuitflow.logs import pick_device
 
         embedder = SentenceEmbedder(device=pick_device(settings.device))
+    graph_records = (embed_graph_token_labels(graph_features, pool, embedder, settings)
+                     if graph_features else [])
 
     async def work(client, item):
         entry, record, positives, negatives = item
@@ -286,6 +293,9 @@ def score_explanations(*, selection: str | Path, explanations: str | Path, featu
                            "embedding_model": embedder.name if embedder is not None else None,
                            "bootstrap_resamples": settings.bootstrap_resamples},
               "summary": summarize(records, methods, settings), "features": records}
+    if graph_records:
+        result["graph_token_labels"] = {"summary": pooled(graph_records, "trivial", "embedding", settings),
+                                        "features": graph_records}
     write_json(out_scores, result)
     overall = result["summary"]["overall"]
     log.info("scored %d %s (%d skipped): detection balanced accuracy llm %s, token label %s, shuffled %s", len(records),
@@ -293,6 +303,47 @@ def score_explanations(*, selection: str | Path, explanations: str | Path, featu
              _fmt(overall["trivial"]["detection"]["balanced_accuracy"]),
              _fmt(overall["shuffled"]["detection"]["balanced_accuracy"]))
     return result
+
+
+def graph_features_to_embed(selection: str | Path, feature_dir: str | Path, judged: set[int],
+                            settings: ScoreExplanationsSettings) -> list[tuple[dict, dict, None, list[Snippet]]]:
+    """The graphs' feature nodes (the most influential `interp.embedding_graph_features`) not
+    judged here, each with its held-out positives, shaped like `prepared`'s entries."""
+    ranked = read_json(selection).get("graph_features", [])
+    if settings.embedding_graph_features is not None:
+        ranked = ranked[:settings.embedding_graph_features]
+    prepared = []
+    for cantor_id in ranked:
+        path = Path(feature_dir) / f"{cantor_id}.json"
+        if cantor_id in judged or not path.is_file():
+            continue
+        feature = read_json(path)
+        positives = held_out_positives(feature, settings.positives, [], settings.seed)
+        if positives:
+            entry = {"cantor_id": int(cantor_id), "layer": int(feature["layer"]), "feature": int(feature["feature"])}
+            prepared.append((entry, feature, None, positives))
+    return prepared
+
+
+def embed_graph_token_labels(graph_features: list, pool, embedder, settings: ScoreExplanationsSettings) -> list[dict]:
+    """Embedding scores of each graph feature's token label, on held-out positives and verified
+    negatives chosen exactly as for the judged features (records shaped like theirs, source "trivial")."""
+    from circuitflow.interp.embedding import embedding_scores
+
+    records = []
+    progress = Progress(log, "embedding scores of graph token labels", len(graph_features), "features")
+    for entry, feature, _, positives in graph_features:
+        negatives = pool.negatives(entry["layer"], entry["feature"], positives, settings.negatives,
+                                   settings.hard_negative_share, feature, settings.seed,
+                                   settings.negative_max_fraction * float(feature.get("act_max", 0.0)))
+        if negatives:
+            label = trivial_explanation(feature)
+            items = [(s.text, True) for s in positives] + [(s.text, False) for s in negatives]
+            records.append({**entry, "n_positives": len(positives), "n_negatives": len(negatives),
+                            "scores": {"trivial": {"description": label,
+                                                   "embedding": embedding_scores(embedder, label, items)}}})
+        progress.update(1)
+    return records
 
 
 def _fmt(value) -> str:

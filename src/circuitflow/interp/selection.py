@@ -104,6 +104,8 @@ def select_features(*, feature_dir: str | Path, metadata: str | Path, graphs: Se
               "n_sampled": sum("sample" in f["selected_by"] for f in features),
               "n_graph": sum("graph" in f["selected_by"] for f in features),
               "graph_feature_nodes": len(ranking), "n_skipped": len(skipped),
+              # every graph feature, most influential first: scoring gives each token label an embedding score
+              "graph_features": [feature_id for feature_id, _ in ranking],
               "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
               "features": features, "skipped": skipped}
     write_json(out_selection, result)

@@ -127,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = yaml.safe_load(Path(args.config).read_text())
-    settings = settings_for("train_transcoder", config)
+    settings = settings_for("train_transcoders", config)
     if args.activation:
         settings = dataclasses.replace(settings, architecture=dataclasses.replace(
             settings.architecture, activation=args.activation))

@@ -199,6 +199,8 @@ class TrainingSettings:
 class TrainTranscoderSettings:
     architecture: TranscoderArchitecture = field(default_factory=TranscoderArchitecture)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    # how the workflow groups layers into jobs (circuitflow.workflow.training_groups); no effect on the weights
+    layers_per_job: int = knob("transcoder.layers_per_job")
 
 
 @dataclass(frozen=True)
@@ -411,7 +413,7 @@ RULE_SETTINGS: dict[str, type] = {
     "prepare_model": PrepareModelSettings,
     "prepare_dataset": PrepareDatasetSettings,
     "cache_activations": CacheActivationsSettings,
-    "train_transcoder": TrainTranscoderSettings,
+    "train_transcoders": TrainTranscoderSettings,
     "train_cross_layer_transcoder": TrainCrossLayerTranscoderSettings,
     "write_transcoder_set": WriteTranscoderSetSettings,
     "download_transcoder_set": DownloadTranscoderSetSettings,

@@ -3,7 +3,7 @@
 The rule files declare their outputs from these attributes, and `circuitflow.workflow` builds
 its input lists (the hub repo's files, the report's metrics) from the same ones, so a path is
 never spelled twice. Patterns keep Snakemake's wildcards: ``{layer}`` (a transcoder layer),
-``{slug}`` (a prompt) and ``{unit}`` (``features`` or ``neurons``: what the judge explains).
+``{slug}`` (a prompt), ``{group}`` (a plt training job's layers, ``<first>-<last>``) and ``{unit}`` (``features`` or ``neurons``: what the judge explains).
 Logs and benchmarks are declared only by their rule and are not listed here.
 """
 
@@ -35,6 +35,11 @@ class RunPaths:
         self.layer_weights = f"{transcoders}/layer_{{layer}}.safetensors"
         self.layer_architecture = f"{transcoders}/layer_{{layer}}.architecture.json"
         self.layer_metrics = f"{transcoders}/layer_{{layer}}.metrics.json"
+        # A plt training job's folder, for layers <first>-<last>: the three layer files above for
+        # each of its layers, linked into place by write_transcoder_set.
+        self.training_group = f"{transcoders}/training/layers_{{group}}"
+        # Outside the job's folder, which Snakemake clears before a rerun: a killed job resumes.
+        self.checkpoints = f"{transcoders}/checkpoints"
         self.clt_encoder = f"{transcoders}/W_enc_{{layer}}.safetensors"
         self.clt_decoder = f"{transcoders}/W_dec_{{layer}}.safetensors"
         self.clt_architecture = f"{transcoders}/clt.architecture.json"

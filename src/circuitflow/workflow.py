@@ -181,6 +181,26 @@ def cross_layer_weights(plan: WorkflowPlan) -> list[str]:
     return transcoder_files(plan)["weights"] if plan.kind == "clt" else []
 
 
+def training_groups(config: dict, plan: WorkflowPlan) -> dict[str, tuple[int, ...]]:
+    """The plt training jobs: transcoder.layers_per_job consecutive layers each, keyed by their
+    name "<first>-<last>" (the {group} wildcard). None for a clt or an imported set."""
+    if plan.imported or plan.kind != "plt":
+        return {}
+    size = config_value(config, "transcoder.layers_per_job")
+    chunks = [plan.layers[i:i + size] for i in range(0, len(plan.layers), size)]
+    return {f"{chunk[0]}-{chunk[-1]}": tuple(chunk) for chunk in chunks}
+
+
+def trained_layer_files(plan: WorkflowPlan) -> dict[str, list[str]]:
+    """Each trained plt layer's weights, architecture and metrics files, which
+    write_transcoder_set links into place from the training jobs' folders (none otherwise)."""
+    paths = plan.paths
+    patterns = {"weights": paths.layer_weights, "architectures": paths.layer_architecture,
+                "metrics": paths.layer_metrics}
+    trained = not plan.imported and plan.kind == "plt"
+    return {name: per_layer(pattern, plan.layers) if trained else [] for name, pattern in patterns.items()}
+
+
 def training_metrics_files(plan: WorkflowPlan) -> list[str]:
     """The training metrics of the set: one file per layer (plt), or the CLT's one (none when imported)."""
     if plan.imported:

@@ -86,7 +86,7 @@ def test_params_round_trip_for_every_rule():
         params = as_params(settings)
         yaml.safe_dump(params)  # plain data, as Snakemake params should be
         assert from_params(cls, params) == settings
-    train = settings_for("train_transcoder", config)
+    train = settings_for("train_transcoders", config)
     assert isinstance(train, TrainTranscoderSettings)
     assert (train.architecture.k, train.training.steps) == (config["transcoder"]["k"], config["transcoder"]["steps"])
     with pytest.raises(TypeError, match="no field"):

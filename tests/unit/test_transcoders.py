@@ -378,6 +378,57 @@ def test_jumprelu_trained_straight_through_keeps_l0_at_most_k(tmp_path):
     assert tc.activation == "jumprelu" and (tc.threshold >= 0).all() and (tc.threshold > 0).any()
 
 
+def test_layers_trained_in_one_job_match_one_job_per_layer_and_are_linked_into_the_set(tmp_path):
+    """train_transcoders (two layers, one process) writes byte-identical weights to two separate
+    train_transcoder calls; write_transcoder_set links each layer's three files into place from
+    the job's folder, newer than the folder (or Snakemake would redo it), and refuses a missing one."""
+    import os
+    import time
+
+    from circuitflow.transcoders import train_transcoders
+    from circuitflow.transcoders.sets import TranscoderSetError
+
+    shards = [tmp_path / f"layer_{layer}.parquet" for layer in (0, 1)]
+    for layer, shard in enumerate(shards):
+        _write_synthetic_shard(shard, n_tokens=3000, seed=layer)
+    settings = train_settings(arch("topk", n_features=32, k=4), steps=20, batch_size=256, warmup_steps=2,
+                              eval_tokens=500, dead_tokens=2000, seed=3, device="cpu")
+    group = tmp_path / "transcoders" / "training" / "layers_0-1"
+    grouped = train_transcoders(shard_paths=shards, layers=[0, 1], out_dir=group,
+                                checkpoint_dir=tmp_path / "transcoders" / "checkpoints", settings=settings)
+    assert [m["layer"] for m in grouped] == [0, 1]
+    for layer, shard in enumerate(shards):
+        alone = tmp_path / "alone"
+        train_transcoder(shard_path=shard, layer=layer, out_weights=alone / f"layer_{layer}.safetensors",
+                         out_architecture=alone / f"layer_{layer}.architecture.json",
+                         out_metrics=alone / f"layer_{layer}.metrics.json", settings=settings)
+        assert (alone / f"layer_{layer}.safetensors").read_bytes() == (group / f"layer_{layer}.safetensors").read_bytes()
+    assert not list((tmp_path / "transcoders" / "checkpoints").glob("*.pt"))
+
+    (group / ".snakemake_timestamp").touch()
+    finished = (group / ".snakemake_timestamp").stat().st_mtime
+    time.sleep(0.01)
+    folder = tmp_path / "transcoders"
+    placed = {kind: [folder / f"layer_{layer}{suffix}" for layer in (0, 1)]
+              for kind, suffix in (("weights", ".safetensors"), ("architectures", ".architecture.json"),
+                                   ("metrics", ".metrics.json"))}
+    model_dir = fake_model_dir(tmp_path / "model", n_layers=2, d_model=16)
+    config = write_transcoder_set(model_dir=model_dir, weights=placed["weights"], training_dirs=[group],
+                                  architectures=placed["architectures"], metrics=placed["metrics"],
+                                  out_config=folder / "config.yaml",
+                                  settings=WriteTranscoderSetSettings(layers=(0, 1), scan="s"))
+    assert config["layers"] == {0: "layer_0.safetensors", 1: "layer_1.safetensors"}
+    for path in (p for paths in placed.values() for p in paths):
+        assert path.read_bytes() == (group / path.name).read_bytes() and path.stat().st_mtime > finished
+    assert os.path.samefile(placed["weights"][0], group / "layer_0.safetensors")  # a link, not a copy
+
+    (group / "layer_1.metrics.json").unlink()
+    with pytest.raises(TranscoderSetError, match="layer_1.metrics.json is in none of the training folders"):
+        write_transcoder_set(model_dir=model_dir, weights=placed["weights"], training_dirs=[group],
+                             architectures=placed["architectures"], metrics=placed["metrics"],
+                             out_config=folder / "config.yaml", settings=WriteTranscoderSetSettings(layers=(0, 1)))
+
+
 KILL_AFTER_SECOND_CHECKPOINT = """
 import os, signal, sys
 from circuitflow.transcoders import training

@@ -10,7 +10,7 @@ from ..conftest import write_config
 from .test_workflow import job_counts, snakemake
 
 SLUGS = ("france-capital", "genesis")
-TRAINING_RULES = {"cache_activations", "train_transcoder", "train_cross_layer_transcoder", "write_transcoder_set",
+TRAINING_RULES = {"cache_activations", "train_transcoders", "train_cross_layer_transcoder", "write_transcoder_set",
                   "evaluate_transcoders"}
 
 

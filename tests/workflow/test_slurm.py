@@ -29,11 +29,11 @@ UNAVAILABLE = unavailable_reason()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")]
 
 # Every stage up to the transcoders and their fidelity, and one attribution graph: GPU rules
-# (gpu=1) and CPU rules, one with wildcards run twice. About 3.5 min under SLURM here (each job
+# (gpu=1) and CPU rules, with wildcards. About 3.5 min under SLURM here (each job
 # costs its two Snakemake starts and the wait for a status check), with the local run alongside.
 TARGETS = ("transcoders", "results/tiny/attribution/france-capital.json")
 # This job's first attempt asks for too little memory: SLURM kills it, Snakemake retries it.
-FAIL_ONCE = ("train_transcoder", "layer", "1")
+FAIL_ONCE = ("train_transcoders", "group", "0-1")
 KILL_MB = 50  # far below a Python process with Snakemake loaded (about 75 MB when it was killed)
 FAILED_STATES = ("FAILED", "OUT_OF_MEMORY", "CANCELLED")
 # Outputs that hold wall-clock figures (compared without circuitflow.io.TIMING_KEYS) or the
@@ -50,7 +50,7 @@ def cluster():
 
 def cluster_profile(cluster: SlurmCluster) -> tuple[dict, int]:
     """profiles/slurm as shipped, with what one small node cannot give scaled down: threads
-    capped at half its CPUs (two layers train side by side), every mem_mb divided by one factor so that the largest fits in half the
+    capped at half its CPUs (the two layers train in one job), every mem_mb divided by one factor so that the largest fits in half the
     node. Partitions, account, GPU requests, runtimes, retries and the rest stay as shipped.
     FAIL_ONCE's job asks for KILL_MB on its first attempt (profile resources are expressions that
     see `attempt` and `wildcards`). Returns the profile and FAIL_ONCE's memory on a retry."""
@@ -168,7 +168,7 @@ def test_workflow_on_slurm(tmp_path, tiny_llama_source, tiny_corpus, cluster):
 
         counts = job_counts(run.stdout)
         assert counts == job_counts(reference)
-        assert counts["train_transcoder"] == 2 and counts["attribute_prompt"] == 1
+        assert counts["train_transcoders"] == 1 and counts["attribute_prompt"] == 1
 
         # Every job but the local rule `transcoders` went through sbatch, each attempt a SLURM
         # job of its own, and SLURM's accounting lists exactly those, all of this run.
@@ -204,7 +204,7 @@ def test_workflow_on_slurm(tmp_path, tiny_llama_source, tiny_corpus, cluster):
                 assert res["slurm_partition"] == ("gpu" if gpu else "cpu"), job
                 if gpu:
                     gpu_rules.add(job["rule"])
-        assert gpu_rules == {"cache_activations", "train_transcoder", "evaluate_transcoders", "attribute_prompt"}
+        assert gpu_rules == {"cache_activations", "train_transcoders", "evaluate_transcoders", "attribute_prompt"}
 
         # Those were the profile's values (scaled to this node), not the rules' own.
         by_rule = {job["rule"]: job for job in jobs.values()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import re
 import socket
@@ -65,11 +66,13 @@ def test_default_dry_run(default_checkout):
     counts = job_counts(result.stdout)
     prompts = len(list((ROOT / "config" / "prompts").glob("*.txt")))
     n_layers = default_model_layers()
+    jobs = math.ceil(n_layers / 15)  # transcoder.layers_per_job
     assert counts == {"prepare_model": 1, "prepare_dataset": 1, "cache_activations": 1,
-                      "train_transcoder": n_layers, "write_transcoder_set": 1, "collect_features": 1,
+                      "train_transcoders": jobs, "write_transcoder_set": 1, "collect_features": 1,
                       "attribute_prompt": prompts, "select_features": 1, "classify_features": 1,
                       "explain_features": 1, "score_explanations": 1, "assemble_graphs": 1,
-                      "link_graphs": 1, "total": 11 + n_layers + prompts}
+                      "link_graphs": 1, "total": 11 + jobs + prompts}
+    assert "results/smollm2-135m/transcoders/training/layers_0-14" in result.stdout
     everything = job_counts(snakemake(default_checkout, "-n").stdout)  # the default target, `all`
     assert everything["collect_neurons"] == everything["pack_features"] == everything["compare_explanations"] == 1
     assert everything["score_explanations"] == 2  # features and neurons
@@ -77,8 +80,8 @@ def test_default_dry_run(default_checkout):
 
 def test_slurm_profile_dry_run(default_checkout):
     result = snakemake(default_checkout, "-n", "--workflow-profile", "profiles/slurm", "results/graphs/")
-    assert job_counts(result.stdout)["train_transcoder"] == default_model_layers()
-    train_job = result.stdout.split("rule train_transcoder:")[1].split("rule ")[0]
+    assert job_counts(result.stdout)["train_transcoders"] == math.ceil(default_model_layers() / 15)
+    train_job = result.stdout.split("rule train_transcoders:")[1].split("rule ")[0]
     assert "gpu=1" in train_job and "slurm_partition=gpu" in train_job and "mem_mb=32000" in train_job
     assert "runtime=720" in train_job and "slurm_account=your-account" in train_job
 
@@ -228,9 +231,11 @@ def check_labels(interp: Path, graphs: Path) -> None:
 @pytest.mark.slow
 def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
     copy_workflow(tmp_path)
-    write_config(tmp_path / "tiny.yaml", tiny_config(tmp_path, tiny_llama_source, tiny_corpus))
+    # one layer per training job, so that one layer can be retrained alone below
+    write_config(tmp_path / "tiny.yaml", tiny_config(tmp_path, tiny_llama_source, tiny_corpus,
+                                                     transcoder={"layers_per_job": 1}))
     run = snakemake(tmp_path, "--cores", "2", "results/graphs/", "--configfile", "tiny.yaml")
-    assert job_counts(run.stdout)["train_transcoder"] == 2
+    assert job_counts(run.stdout)["train_transcoders"] == 2
 
     # results/graphs/ (the README's target) links to the run's own folder, entry by entry
     graphs = tmp_path / "results" / "graphs"
@@ -302,8 +307,8 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
     shard1 = tmp_path / "results/tiny/activations/layer_1.parquet"
     before = {p: p.stat().st_mtime_ns for p in (layer0, layer1, shard1)}
     rerun = snakemake(tmp_path, "--cores", "2", "results/graphs/", "--configfile", "tiny.yaml",
-                      "--forcerun", "results/tiny/transcoders/layer_1.safetensors")
-    assert job_counts(rerun.stdout) == {"train_transcoder": 1, "write_transcoder_set": 1,
+                      "--forcerun", "results/tiny/transcoders/training/layers_1-1")
+    assert job_counts(rerun.stdout) == {"train_transcoders": 1, "write_transcoder_set": 1,
                                         "collect_features": 1, "attribute_prompt": 2, "select_features": 1,
                                         "classify_features": 1, "explain_features": 1, "score_explanations": 1,
                                         "assemble_graphs": 1, "link_graphs": 1, "total": 11}
@@ -323,7 +328,7 @@ def test_cross_layer_workflow(tmp_path, tiny_llama_source, tiny_corpus):
     graph_files = [f"results/tiny/attribution/{slug}.json" for slug in ("france-capital", "genesis")]
     run = snakemake(tmp_path, "--cores", "2", "transcoders", "features", *graph_files, "--configfile", "clt.yaml")
     counts = job_counts(run.stdout)
-    assert counts["train_cross_layer_transcoder"] == 1 and "train_transcoder" not in counts
+    assert counts["train_cross_layer_transcoder"] == 1 and "train_transcoders" not in counts
     config = yaml.safe_load((results / "transcoders/config.yaml").read_text())
     assert config["model_kind"] == "cross_layer_transcoder" and config["n_layers"] == 2
     assert sorted(p.name for p in (results / "transcoders").glob("W_*.safetensors")) == [
@@ -406,7 +411,7 @@ def test_layer_subset_workflow(tmp_path, tiny_llama_source, tiny_corpus):
     assert not (tmp_path / "results").exists()
 
     run = snakemake(tmp_path, "--cores", "2", "features", "--configfile", "tiny.yaml")
-    assert job_counts(run.stdout)["train_transcoder"] == 1
+    assert job_counts(run.stdout)["train_transcoders"] == 1
     results = tmp_path / "results/tiny"
     assert sorted(p.name for p in (results / "activations").glob("*.parquet")) == ["layer_1.parquet"]
     transcoder_set = yaml.safe_load((results / "transcoders/config.yaml").read_text())
@@ -457,13 +462,13 @@ def test_job_stops_when_snakemake_is_killed(tmp_path, tiny_llama_source, tiny_co
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     parent = subprocess.Popen([*SNAKEMAKE, "--cores", "1", target, "--configfile", "tiny.yaml"], cwd=tmp_path,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = tmp_path / "results/tiny/logs/train_transcoder/layer_0.log"
+    log = tmp_path / "results/tiny/logs/train_transcoders/layers_0-1.log"
     try:
         deadline = time.time() + 300
         while not (log.is_file() and "train_transcoder layer 0:" in log.read_text()):
             assert time.time() < deadline and parent.poll() is None, "training never started"
             time.sleep(0.5)
-        jobs = [pid for pid in _children(parent.pid) if "train_transcoder" in open(f"/proc/{pid}/cmdline").read()]
+        jobs = [pid for pid in _children(parent.pid) if "train_transcoders" in open(f"/proc/{pid}/cmdline").read()]
         assert len(jobs) == 1
         parent.send_signal(signal.SIGKILL)
         parent.wait()
@@ -475,6 +480,6 @@ def test_job_stops_when_snakemake_is_killed(tmp_path, tiny_llama_source, tiny_co
         if parent.poll() is None:
             parent.kill()
     transcoders = tmp_path / "results/tiny/transcoders"
-    assert not (transcoders / "layer_0.safetensors").exists()
-    assert not [p.name for p in transcoders.glob(".*partial*")]
+    assert not list(transcoders.rglob("layer_0.safetensors"))
+    assert not [p.name for p in transcoders.rglob(".*partial*")]
     assert "died: stopping this job" in log.read_text()

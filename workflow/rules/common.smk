@@ -15,6 +15,8 @@ from circuitflow.workflow import (
     require_complete_set,
     require_hub,
     rule_params,
+    trained_layer_files,
+    training_groups,
     training_metrics_files,
     transcoder_files,
 )
@@ -27,12 +29,16 @@ TRANSCODER_SET = PATHS.transcoder_set
 # Every weights file of the set: layer_<l>.safetensors (plt), or W_enc_<i>/W_dec_<i> (clt).
 TRANSCODER_WEIGHTS = transcoder_files(PLAN)["weights"]
 TRANSCODER_ARCHITECTURES = transcoder_files(PLAN)["architectures"]
+# plt training jobs, "<first>-<last>" -> layers; the layer files write_transcoder_set links into place.
+TRAINING_GROUPS = training_groups(config, PLAN)
+TRAINED_LAYER_FILES = trained_layer_files(PLAN)
 UNITS = list(INTERP_UNITS)  # transcoder features, and the MLP-neuron baseline
 ENV = "../envs/circuitflow.yaml"
 
 
 wildcard_constraints:
     layer=r"\d+",
+    group=r"\d+-\d+",
     slug=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     unit="|".join(UNITS),
 

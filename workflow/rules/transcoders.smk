@@ -3,29 +3,33 @@
 # reads TRANSCODER_SET without knowing which.
 if not PLAN.imported:
 
-    rule train_transcoder:
+    # transcoder.kind plt: transcoder.layers_per_job consecutive layers per job ({group} is
+    # "<first>-<last>"), one after another in one process; the layer files go to the job's
+    # folder, and write_transcoder_set links them into place.
+    rule train_transcoders:
         input:
-            shard=PATHS.shard,
+            shards=lambda wildcards: per_layer(PATHS.shard, TRAINING_GROUPS[wildcards.group]),
         output:
-            weights=PATHS.layer_weights,
-            architecture=PATHS.layer_architecture,
-            metrics=PATHS.layer_metrics,
+            directory(PATHS.training_group),
         params:
-            settings=settings("train_transcoder"),
+            settings=settings("train_transcoders"),
+            layers=lambda wildcards: list(TRAINING_GROUPS[wildcards.group]),
+            checkpoints=PATHS.checkpoints,
         log:
-            f"{RESULTS}/logs/train_transcoder/layer_{{layer}}.log",
+            f"{RESULTS}/logs/train_transcoders/layers_{{group}}.log",
         benchmark:
-            f"{RESULTS}/benchmarks/train_transcoder/layer_{{layer}}.tsv"
-        # One thread per job: several layers train side by side without oversubscribing cores.
+            f"{RESULTS}/benchmarks/train_transcoders/layers_{{group}}.tsv"
+        # One thread per job: several jobs train side by side without oversubscribing cores
+        # (and the weights do not depend on how layers are grouped).
         threads: 1
         resources:
             mem_mb=3000,
-            runtime=60,
+            runtime=lambda wildcards: 60 * len(TRAINING_GROUPS[wildcards.group]),
             gpu=1,
         conda:
             ENV
         script:
-            "../scripts/train_transcoder.py"
+            "../scripts/train_transcoders.py"
 
 
     # transcoder.kind clt: one cross-layer transcoder over layers 0..n-1, trained jointly from
@@ -54,13 +58,18 @@ if not PLAN.imported:
             "../scripts/train_cross_layer_transcoder.py"
 
 
+    # plt: links each layer's files into place from its training job's folder, then checks
+    # them; clt: checks the files train_cross_layer_transcoder wrote beside the config.
     rule write_transcoder_set:
         input:
             model=MODEL_DIR,
-            weights=TRANSCODER_WEIGHTS,
-            architectures=TRANSCODER_ARCHITECTURES,
+            trained=(expand(PATHS.training_group, group=TRAINING_GROUPS) if TRAINING_GROUPS
+                     else [*TRANSCODER_WEIGHTS, *TRANSCODER_ARCHITECTURES]),
         output:
             config=TRANSCODER_SET,
+            weights=TRAINED_LAYER_FILES["weights"],
+            architectures=TRAINED_LAYER_FILES["architectures"],
+            metrics=TRAINED_LAYER_FILES["metrics"],
         params:
             settings=settings("write_transcoder_set"),
         log:

@@ -1,4 +1,4 @@
-"""Transcoders: the single-layer module and file format (`single_layer`, rule train_transcoder in
+"""Transcoders: the single-layer module and file format (`single_layer`, rule train_transcoders in
 `training`), the cross-layer transcoder (`cross_layer`, rule train_cross_layer_transcoder in
 `cross_layer_training`), sets (rule write_transcoder_set), published sets imported instead of
 trained (`imported`, rules download_transcoder_set and import_transcoder_set), a set of either
@@ -20,7 +20,7 @@ _WHERE = {
     "write_transcoder_set": "sets",
     "ReluTopK": "single_layer", "Transcoder": "single_layer", "TranscoderFileError": "single_layer",
     "architecture_path": "single_layer", "load_transcoder": "single_layer", "save_transcoder": "single_layer",
-    "train_transcoder": "training",
+    "train_transcoder": "training", "train_transcoders": "training",
     "download_transcoder_set": "imported", "import_transcoder_set": "imported",
 }
 

@@ -22,6 +22,8 @@ encoder file; its decoder files ``W_dec_<i>.safetensors`` sit beside them
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +90,15 @@ class TranscoderSetConfig:
 
 
 def write_transcoder_set(*, model_dir: str | Path, weights: Sequence[str | Path], out_config: str | Path,
-                         settings: WriteTranscoderSetSettings) -> dict:
+                         settings: WriteTranscoderSetSettings, training_dirs: Sequence[str | Path] = (),
+                         architectures: Sequence[str | Path] = (), metrics: Sequence[str | Path] = ()) -> dict:
     """Check every layer's files (`weights` in the order of `settings.layers`) against the model
-    and each other, then write `config.yaml`."""
+    and each other, then write `config.yaml`. With `training_dirs` (the plt training jobs'
+    folders), each layer's weights, architecture and metrics files are first linked from there
+    to `weights`, `architectures` and `metrics`."""
     out_config = Path(out_config)
+    if training_dirs:
+        place_trained_files(training_dirs, [*weights, *architectures, *metrics])
     facts = read_model_facts(model_dir)
     if settings.kind == "clt":
         # a CLT's files are found beside config.yaml, where circuit-tracer's load_clt reads them
@@ -135,6 +142,25 @@ def write_transcoder_set(*, model_dir: str | Path, weights: Sequence[str | Path]
     with atomic_path(out_config) as tmp:
         tmp.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return config
+
+
+def place_trained_files(training_dirs: Sequence[str | Path], targets: Sequence[str | Path]) -> None:
+    """Link (or, across filesystems, copy) each target's namesake from the training folder that
+    holds it; a target no folder holds is an error naming the folders. A link shares its
+    file's modification time, so it is set to now: Snakemake must see the target as newer than
+    the training folder (whose time is the end of its job), or it would redo this every run."""
+    found = {path.name: path for folder in map(Path, training_dirs) for path in folder.iterdir()}
+    for target in map(Path, targets):
+        source = found.get(target.name)
+        if source is None:
+            raise TranscoderSetError(f"{target.name} is in none of the training folders {sorted(map(str, training_dirs))}; "
+                                     f"retrain them (snakemake --forcerun {' '.join(map(str, training_dirs))})")
+        with atomic_path(target) as tmp:
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+            os.utime(tmp)
 
 
 def _write_cross_layer_set(model_dir, facts, out_config: Path, settings: WriteTranscoderSetSettings) -> dict:

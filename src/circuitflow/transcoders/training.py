@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,9 @@ import torch.nn.functional as F
 from circuitflow.activations.shards import ActivationShard
 from circuitflow.config import TrainingSettings, TrainTranscoderSettings
 from circuitflow.config_rules import TOPK_TRAINED, check_sparsity
-from circuitflow.io import atomic_path, sha256_file, write_json
+from circuitflow.io import atomic_path, keyed, sha256_file, write_json
 from circuitflow.logs import Progress, pick_device
+from circuitflow.paths import RunPaths
 from circuitflow.transcoders.jumprelu_ste import L0Controller, initial_thresholds, jumprelu_ste
 from circuitflow.transcoders.single_layer import ReluTopK, Transcoder, save_transcoder
 
@@ -276,9 +278,32 @@ def evaluate(model: Transcoder, x: torch.Tensor, y: torch.Tensor, activation: st
     }
 
 
+def train_transcoders(*, shard_paths: Sequence[str | Path], layers: Sequence[int], out_dir: str | Path,
+                      checkpoint_dir: str | Path, settings: TrainTranscoderSettings) -> list[dict]:
+    """Train the transcoders of `layers` (one shard each, in that order) one after another in
+    this process, each exactly as `train_transcoder` alone would, into `out_dir`."""
+    shard_paths = keyed(layers, shard_paths, "activation shards")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = RunPaths("")  # the layer files' names, as the set declares them
+    metrics = []
+    for layer in layers:
+        def named(pattern: str) -> Path:
+            return out_dir / Path(pattern.format(layer=layer)).name
+
+        metrics.append(train_transcoder(shard_path=shard_paths[layer], layer=layer,
+                                        out_weights=named(names.layer_weights),
+                                        out_architecture=named(names.layer_architecture),
+                                        out_metrics=named(names.layer_metrics),
+                                        checkpoint_dir=checkpoint_dir, settings=settings))
+    return metrics
+
+
 def train_transcoder(*, shard_path: str | Path, layer: int, out_weights: str | Path, out_architecture: str | Path,
-                     out_metrics: str | Path, settings: TrainTranscoderSettings) -> dict:
-    """Train one layer's transcoder from its activation shard; write weights, architecture, metrics."""
+                     out_metrics: str | Path, settings: TrainTranscoderSettings,
+                     checkpoint_dir: str | Path | None = None) -> dict:
+    """Train one layer's transcoder from its activation shard; write weights, architecture, metrics.
+    Checkpoints go to `checkpoint_dir` (default: ``checkpoints/`` beside the weights)."""
     architecture = settings.architecture
     settings = dataclasses.replace(settings.training, device=pick_device(settings.training.device))
     if architecture.activation not in TRAINABLE:
@@ -314,7 +339,8 @@ def train_transcoder(*, shard_path: str | Path, layer: int, out_weights: str | P
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings))
     tokens_since_fired = torch.zeros(architecture.n_features, dtype=torch.long, device=device)
     curve = []
-    checkpoint = Checkpoint(Path(out_weights).parent / "checkpoints" / f"layer_{layer}.pt",
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else Path(out_weights).parent / "checkpoints"
+    checkpoint = Checkpoint(checkpoint_dir / f"layer_{layer}.pt",
                             training_fingerprint([shard], architecture, settings, layer, "plt"))
     resample_generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + layer + 1)
     start_step = checkpoint.restore(model, optimizer, scheduler, tokens_since_fired, curve, resample_generator,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import html
+import http.client
 import json
 import re
 import shutil
@@ -299,9 +300,153 @@ def test_save_graph_is_opt_in(server, tmp_path):
         status, _, _ = fetch(f"{writable.base_url}/save_graph/{SLUG}", method="POST", data=body,
                              headers={"Content-Type": "application/json"})
         assert status == 200
-        status, _, _ = fetch(f"{writable.base_url}/save_graph/..%2fx", method="POST", data=body)
+        status, _, _ = fetch(f"{writable.base_url}/save_graph/..%2fx", method="POST", data=body,
+                             headers={"Content-Type": "application/json"})
         assert status == 404
     assert json.loads((graphs / f"{SLUG}.json").read_text())["qParams"] == {"pinnedIds": "1_5_3"}
+
+
+# The save path (--allow_save): only the viewer's own page may write, only graph files, atomically.
+
+SAVE_BODY = json.dumps({"qParams": {"pinnedIds": "1_5_3", "clickedId": "1_5_3"},
+                        "timestamp": "2025-01-01T00:00:00.000Z"}).encode()
+
+
+@pytest.fixture(scope="module")
+def writable(tmp_path_factory):
+    graphs = write_graph_folder(tmp_path_factory.mktemp("writable"))
+    with serve_graphs(graphs, port=0, frontend_vendor_dir=FRONTEND, allow_save=True) as srv:
+        yield srv
+
+
+def raw_request(server, method: str, path: str, headers: dict[str, str | None],
+                body: bytes = b"") -> tuple[int, str]:
+    """(status, text) of one request sent with exactly ``headers`` (None: header left out), over
+    http.client; the Host header defaults to the server's own."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in {"Host": f"127.0.0.1:{server.port}", **headers}.items():
+            if value is not None:
+                connection.putheader(name, value)
+        connection.endheaders(body or None)
+        response = connection.getresponse()
+        return response.status, response.read().decode("utf-8", "replace")
+    finally:
+        connection.close()
+
+
+def save(server, body: bytes = SAVE_BODY, slug: str = SLUG, **headers: str | None) -> tuple[int, str]:
+    """A POST /save_graph/<slug> with the headers the viewer's Save button sends, overridden by
+    ``headers`` (``Content_Type=`` for Content-Type)."""
+    sent = {"Content-Type": "application/json", "Content-Length": str(len(body)),
+            "Origin": f"http://127.0.0.1:{server.port}", "Sec-Fetch-Site": "same-origin"}
+    sent.update({name.replace("_", "-"): value for name, value in headers.items()})
+    return raw_request(server, "POST", f"/save_graph/{slug}", sent, body)
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@needs_node_modules
+def test_the_viewer_page_saves_atomically(writable):
+    graph_path = writable.graph_dir / f"{SLUG}.json"
+    before = json.loads(graph_path.read_text())
+    assert save(writable) == (200, "saved\n")
+    after = json.loads(graph_path.read_text())
+    assert after == {**before, "qParams": {"pinnedIds": "1_5_3", "clickedId": "1_5_3"}}
+    assert not list(writable.graph_dir.glob(".*partial*"))  # written beside, then renamed
+
+
+@needs_node_modules
+@pytest.mark.parametrize("headers", [
+    {"Origin": "http://attacker.example", "Content_Type": "text/plain", "Sec_Fetch_Site": None},
+    {"Origin": "http://attacker.example", "Sec_Fetch_Site": "cross-site"},
+    {"Origin": "http://localhost:3000", "Sec_Fetch_Site": "same-site"},  # another local app
+    {"Origin": None, "Sec_Fetch_Site": "cross-site"},
+    {"Origin": "null", "Sec_Fetch_Site": None},
+], ids=["simple-text-plain", "cross-site", "other-local-port", "fetch-site-only", "null-origin"])
+def test_a_cross_origin_save_is_refused(writable, headers):
+    before = folder_bytes(writable.graph_dir)
+    status, text = save(writable, **headers)
+    assert status == 403 and text.startswith("cross-origin save refused"), (status, text)
+    assert folder_bytes(writable.graph_dir) == before
+
+
+@needs_node_modules
+def test_a_save_needs_a_json_content_type(writable):
+    before = folder_bytes(writable.graph_dir)
+    status, text = save(writable, Content_Type="text/plain;charset=UTF-8")
+    assert status == 415 and "application/json" in text, (status, text)
+    assert folder_bytes(writable.graph_dir) == before
+
+
+@needs_node_modules
+def test_a_rebound_host_name_is_refused(server, writable):
+    """DNS rebinding: a page of attacker.example whose name now points at 127.0.0.1 is, to the
+    browser, same-origin with this server; only the Host header gives it away."""
+    port = writable.port
+    before = folder_bytes(writable.graph_dir)
+    status, text = save(writable, Host=f"attacker.example:{port}",
+                        Origin=f"http://attacker.example:{port}")
+    assert status == 403 and "is not this server" in text, (status, text)
+    assert folder_bytes(writable.graph_dir) == before
+    # Reading is refused too: graphs and feature files are what a rebinding page would take.
+    for path in (f"/data/{SLUG}.json", "/index.html"):
+        status, _ = raw_request(server, "GET", path, {"Host": f"attacker.example:{server.port}"})
+        assert status == 403, path
+    assert raw_request(server, "GET", f"/data/{SLUG}.json", {"Host": None})[0] == 400
+    assert raw_request(server, "GET", f"/data/{SLUG}.json", {"Host": "x.example@127.0.0.1"})[0] == 400
+
+
+@needs_node_modules
+@pytest.mark.parametrize("host", ["localhost:{port}", "127.0.0.1", "[::1]:{port}", "LOCALHOST:{port}",
+                                  "localhost:9000", "10.1.2.3:{port}"])
+def test_loopback_names_and_addresses_are_served(server, host):
+    """Any port: behind `ssh -L 9000:localhost:8041` the browser sends Host localhost:9000."""
+    status, _ = raw_request(server, "GET", f"/data/{SLUG}.json", {"Host": host.format(port=server.port)})
+    assert status == 200, host
+
+
+@needs_node_modules
+@pytest.mark.parametrize(("length", "expected"), [
+    ("-1", 400), ("abc", 400), ("1e3", 400), (str(5 * 1024**2), 413), ("9" * 5000, 413),
+])
+def test_a_bad_or_huge_content_length_is_refused_before_reading(writable, length, expected):
+    """Nothing is sent after the headers: a server that waited for the declared body would time
+    out here (as it did for -1, which read until the client hung up)."""
+    before = folder_bytes(writable.graph_dir)
+    status, text = save(writable, b"", Content_Length=length)
+    assert status == expected and ("Content-Length" in text or "limit" in text), (status, text)
+    assert folder_bytes(writable.graph_dir) == before
+
+
+@needs_node_modules
+def test_max_save_bytes_caps_the_body(tmp_path):
+    graphs = write_graph_folder(tmp_path / "graphs")
+    with pytest.raises(ValueError, match="max_save_bytes must be a positive number"):
+        serve_graphs(graphs, port=0, frontend_vendor_dir=FRONTEND, max_save_bytes=0)
+    limit = len(SAVE_BODY) - 1
+    with serve_graphs(graphs, port=0, frontend_vendor_dir=FRONTEND, allow_save=True,
+                      max_save_bytes=limit) as srv:
+        status, text = save(srv)
+        assert status == 413 and f"{limit}-byte limit" in text, (status, text)
+        assert save(srv, json.dumps({"qParams": {}}).encode())[0] == 200
+
+
+@needs_node_modules
+@pytest.mark.parametrize(("slug", "body", "reason"), [
+    ("graph-metadata", SAVE_BODY, "is not a circuit-tracer graph"),  # a JSON file, not a graph
+    (SLUG, b'{"qParams": "1_5_3"}', "qParams is a str"),
+    (SLUG, b'{"qParams": {"pruningThreshold": NaN}}', "not JSON"),
+    (SLUG, b'{"qParams": ' + b"[" * 100_000, "not JSON"),  # nesting deeper than the parser goes
+], ids=["not-a-graph", "qparams-not-an-object", "nan", "deep-nesting"])
+def test_only_valid_graphs_are_written(writable, slug, body, reason):
+    before = folder_bytes(writable.graph_dir)
+    status, text = save(writable, body, slug=slug)
+    assert status == 400 and text.startswith("not saved") and reason in text, (status, text)
+    assert folder_bytes(writable.graph_dir) == before
 
 
 @needs_node_modules
@@ -506,3 +651,74 @@ def test_vendored_jetpack_behaves_like_the_viewer_expects(graph_dir, tmp_path):
         "pako": "hi",
         "dagre": True,
     }
+
+
+SAVE_CHECK = """
+<iframe id='viewer' src='index.html?slug=%(slug)s&clickedId=%(clicked)s&pinnedIds=%(clicked)s'
+        style='width: 1200px; height: 800px'></iframe>
+<pre id='result'></pre>
+<script>
+// Click the viewer's own Save button once it is drawn; report what the button then says.
+var waited = 0
+function poll() {
+  var doc = document.getElementById('viewer').contentDocument
+  var button = doc && doc.querySelector('.save-button')
+  if (button && !button.dataset.clicked) { button.dataset.clicked = '1'; button.click() }
+  if (button && /Saved|Error|Failed/.test(button.textContent) || (waited += 100) > 8000) {
+    document.getElementById('result').textContent = button ? button.textContent : 'no button'
+    return
+  }
+  setTimeout(poll, 100)
+}
+setTimeout(poll, 100)
+</script>
+"""
+
+CROSS_ORIGIN_SAVE = """
+<pre id='result'></pre>
+<script>
+// What another page open in the same browser could try: a simple (no preflight) text/plain POST,
+// and a JSON one (which needs a CORS preflight that the server does not grant).
+var url = '%(target)s/save_graph/%(slug)s'
+var body = JSON.stringify({qParams: {pinnedIds: 'attacker'}})
+Promise.allSettled([
+  fetch(url, {method: 'POST', mode: 'no-cors', headers: {'Content-Type': 'text/plain'}, body}),
+  fetch(url, {method: 'POST', headers: {'Content-Type': 'application/json'}, body}),
+]).then(results => {
+  document.getElementById('result').textContent = results.map(r => r.status).join('|')
+})
+</script>
+"""
+
+
+@pytest.mark.slow
+@needs_node_modules
+@needs_chromium
+def test_the_save_button_works_and_other_pages_cannot_save(tmp_path):
+    """The real viewer's Save button (Chromium's own Origin, Sec-Fetch-Site and Content-Type)
+    saves; a page of another origin (another local port) cannot."""
+    graphs = write_graph_folder(tmp_path / "graphs")
+    viewer = build_viewer(tmp_path / "viewer", FRONTEND)
+    (viewer / "save-check.html").write_text(SAVE_CHECK % {"slug": SLUG, "clicked": CLICKED},
+                                            encoding="utf-8")
+    with serve_graphs(graphs, port=0, frontend_vendor_dir=FRONTEND, viewer_dir=viewer,
+                      allow_save=True) as writable:
+        done = run_chromium(tmp_path, f"{writable.base_url}/save-check.html", "--dump-dom")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert re.search(r'<pre id="result">Saved!</pre>', done.stdout), done.stdout[-2000:]
+        saved = json.loads((graphs / f"{SLUG}.json").read_text())["qParams"]
+        assert saved["clickedId"] == CLICKED and saved["pinnedIds"] == CLICKED, saved
+
+        before = folder_bytes(graphs)
+        attacker_viewer = build_viewer(tmp_path / "attacker", FRONTEND)
+        (attacker_viewer / "attack.html").write_text(
+            CROSS_ORIGIN_SAVE % {"target": writable.base_url, "slug": SLUG}, encoding="utf-8")
+        with serve_graphs(graphs, port=0, frontend_vendor_dir=FRONTEND,
+                          viewer_dir=attacker_viewer) as attacker:
+            seen = len(writable.requests)
+            done = run_chromium(tmp_path, f"{attacker.base_url}/attack.html", "--dump-dom")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert re.search(r'<pre id="result">fulfilled\|rejected</pre>', done.stdout), done.stdout[-2000:]
+        posts = [r for r in writable.requests[seen:] if r[0] == "POST"]
+        assert posts == [("POST", f"/save_graph/{SLUG}", 403)], writable.requests[seen:]
+        assert folder_bytes(graphs) == before

@@ -13,6 +13,12 @@ Routes::
     POST /save_graph/<slug>      writes the UI's ``qParams`` into ``<slug>.json``; only with
                                  ``allow_save=True`` (``--allow_save``), since the graph folder is
                                  normally a Snakemake output
+
+Every request must name this server in its ``Host`` header (a loopback name, an IP address, the
+bound host, this machine's name or one of ``allowed_hosts``), so a web page cannot read graphs or
+save through a DNS name it rebinds to 127.0.0.1. A save must also come from the viewer's own
+origin (``Origin`` / ``Sec-Fetch-Site``), send ``application/json`` of at most
+``max_save_bytes``, and leave ``<slug>.json`` a circuit-tracer graph; it is written atomically.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import email.utils
 import gzip
 import http.server
+import ipaddress
 import json
 import logging
 import os
@@ -30,12 +37,16 @@ import socket
 import tempfile
 import threading
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from circuitflow.io import write_json
+
 from .build import build_viewer
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "GraphServer", "parse_range", "serve_graphs"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_MAX_SAVE_BYTES", "DEFAULT_PORT", "GraphServer", "parse_range",
+           "serve_graphs"]
 
 logger = logging.getLogger("circuitflow.viewer")
 
@@ -43,7 +54,10 @@ DEFAULT_PORT = 8041
 DEFAULT_HOST = "127.0.0.1"
 # Large JSON files are sent gzip-compressed when the client accepts it (as circuit-tracer does).
 GZIP_MIN_BYTES = 1024**2
-MAX_SAVE_BYTES = 64 * 1024**2
+# The Save button posts only the view state (qParams: pinned node ids, supernodes, edited
+# labels), not the graph: even every node of a few-MB pruned graph pinned and relabelled stays
+# far below 4 MiB. The cap bounds the memory one request can take before anything is checked.
+DEFAULT_MAX_SAVE_BYTES = 4 * 1024**2
 
 _MIME = {
     ".json": "application/json",
@@ -111,10 +125,62 @@ def _mime(path: str) -> str:
     return _MIME.get(posixpath.splitext(path)[1].lower(), "application/octet-stream")
 
 
+# name or [IPv6] literal, then an optional port; anything else (userinfo, paths) is refused.
+_HOST_HEADER = re.compile(r"(?P<name>\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::(?P<port>[0-9]{1,5}))?")
+_BYTE_COUNT = re.compile(r"[0-9]+")
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+def _host_name(header: str) -> str | None:
+    """The lower-cased host of a ``Host`` header (``[::1]:8041`` -> ``::1``), None if malformed."""
+    match = _HOST_HEADER.fullmatch(header.strip().lower())
+    if match is None:
+        return None
+    return match["name"].strip("[]").rstrip(".")
+
+
+def _is_trusted_host(name: str, allowed: frozenset[str]) -> bool:
+    """Whether a request naming ``name`` can come from a page of this server. DNS rebinding needs
+    a name the attacker's DNS answers for; loopback names and IP literals cannot be rebound. Any
+    port is accepted: behind ``ssh -L 9000:localhost:8041`` the browser sends ``localhost:9000``."""
+    if name in allowed or name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _trusted_host_names(host: str, extra: Iterable[str] = ()) -> frozenset[str]:
+    """Host names a server bound to ``host`` answers to besides loopback names and IP literals:
+    the bound name, this machine's name when bound to every interface, and ``extra``."""
+    names = {host.strip("[]").lower(), *(name.lower().rstrip(".") for name in extra)}
+    if host in _WILDCARD_HOSTS:
+        machine = socket.gethostname().lower()
+        names |= {machine, machine.split(".")[0]}
+    return frozenset(names - {""})
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # json.loads would take NaN and Infinity
+
+
+def _graph_reader():
+    """The pipeline's own graph check (``assemble_graphs`` refuses what it refuses), imported only
+    when saving is on: ``circuitflow.attribution`` imports torch."""
+    from circuitflow.attribution.graphs import GraphFolderError, read_graph
+
+    return read_graph, GraphFolderError
+
+
 class _Handler(http.server.SimpleHTTPRequestHandler):
     """Static files from the built viewer; ``/data/`` and ``/graph_data/`` from the graph folder."""
 
     protocol_version = "HTTP/1.1"
+    # Seconds a socket may stall: a client that declares a body and never sends it (or idles on a
+    # kept-alive connection) does not hold its thread for ever.
+    timeout = 60
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **_MIME,
                       "": "application/octet-stream"}
 
@@ -139,6 +205,21 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             # The built viewer changes when frontend/ or circuit-tracer changes: revalidate.
             self.send_header("Cache-Control", "no-cache")
         super().end_headers()
+
+    def parse_request(self) -> bool:
+        """The request line and headers, refusing (403) a ``Host`` that is not this server's."""
+        if not super().parse_request():
+            return False
+        hosts = self.headers.get_all("Host") or []
+        name = _host_name(hosts[0]) if len(hosts) == 1 else None
+        if name is None:
+            self._refuse(400, "one valid Host header is required")
+            return False
+        if not _is_trusted_host(name, self._state.trusted_hosts):
+            self._refuse(403, f"Host {hosts[0]!r} is not this server: open it by a loopback name "
+                              "or IP address (e.g. http://127.0.0.1:<port>/index.html)")
+            return False
+        return True
 
     def _data_rel(self) -> str | None:
         path = urllib.parse.urlsplit(self.path).path
@@ -165,41 +246,97 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self._send_data(rel, head=True)
 
     def do_POST(self) -> None:
+        # Every refusal closes the connection: the body it leaves unread must not be taken for the
+        # next request.
         path = urllib.parse.urlsplit(self.path).path
         if not path.startswith("/save_graph/"):
-            self._send_text(404, "not found")
+            self._refuse(404, "not found")
             return
         if not self._state.allow_save:
-            self._send_text(403, "saving is disabled; start circuitflow-serve with --allow_save")
+            self._refuse(403, "saving is disabled; start circuitflow-serve with --allow_save")
             return
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self._send_text(411, "Content-Length required")
+        refusal = self._cross_origin() or self._wrong_content_type() or self._bad_length()
+        if refusal:
+            self._refuse(*refusal)
             return
-        if length > MAX_SAVE_BYTES:
-            self._send_text(413, "request body too large")
-            return
+        length = int(self.headers["Content-Length"])
         body = self.rfile.read(length)
+        if len(body) != length:
+            self._refuse(400, f"the body ended after {len(body)} of {length} bytes")
+            return
         slug = urllib.parse.unquote(path[len("/save_graph/") :])
         target = self._resolve(f"{slug}.json") if slug and "/" not in slug else None
         if target is None or not os.path.isfile(target):
-            self._send_text(404, f"no graph {slug!r}")
+            self._refuse(404, f"no graph {slug!r}")
             return
+        status, message = self._save_q_params(slug, target, body)
+        self._send_text(status, message, extra=None if status == 200 else {"Connection": "close"})
+
+    def _cross_origin(self) -> tuple[int, str] | None:
+        """403 unless the browser says the request comes from a page of this server (a client
+        that sends neither header is not a browser, which no web page can drive)."""
+        site = self.headers.get("Sec-Fetch-Site", "").strip().lower()
+        if site and site not in ("same-origin", "none"):
+            return 403, f"cross-origin save refused (Sec-Fetch-Site: {site}); use the viewer page"
+        origin = self.headers.get("Origin")
+        host = self.headers["Host"].strip().lower()
+        if origin is not None and origin.strip().lower() not in (f"http://{host}",
+                                                                 f"https://{host}"):
+            return 403, f"cross-origin save refused (Origin: {origin}); use the viewer page"
+        return None
+
+    def _wrong_content_type(self) -> tuple[int, str] | None:
+        media_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            return 415, (f"save needs Content-Type: application/json "
+                         f"(got {media_type or 'none'}), as the viewer's Save button sends")
+        return None
+
+    def _bad_length(self) -> tuple[int, str] | None:
+        if "Transfer-Encoding" in self.headers:
+            return 411, "save needs a Content-Length body, not Transfer-Encoding"
+        declared = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+        if len(declared) != 1:
+            return (411, "save needs a Content-Length header") if not declared else (
+                400, "conflicting Content-Length headers")
+        value = declared.pop()
+        if not _BYTE_COUNT.fullmatch(value):
+            return 400, f"Content-Length {value[:40]!r} is not a byte count"
+        limit = self._state.max_save_bytes
+        if _digits_key(value) > _digits_key(str(limit)):  # no int() of thousands of digits
+            return 413, (f"save body of {value[:40]} bytes is over the {limit}-byte limit "
+                         "(serve_graphs(max_save_bytes=...))")
+        return None
+
+    def _save_q_params(self, slug: str, target: str, body: bytes) -> tuple[int, str]:
+        """Replace ``qParams`` of graph ``target``; it is rewritten only if it was a
+        circuit-tracer graph and the body a JSON object with a ``qParams`` object."""
         try:
-            q_params = json.loads(body.decode("utf-8"))["qParams"]
-            with open(target, encoding="utf-8") as f:
-                graph = json.load(f)
+            request = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+            q_params = request["qParams"]
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            return 400, f"not saved: the body is not JSON with qParams ({type(exc).__name__})"
+        if not isinstance(q_params, dict):
+            return 400, f"not saved: qParams is a {type(q_params).__name__}, not a JSON object"
+        read_graph, graph_error = _graph_reader()
+        with self._state.save_lock:  # atomic_path's partial name is per process, not per thread
+            try:
+                _, graph = read_graph(target)
+            except graph_error as exc:
+                logger.warning("refused to save into %s: %s", target, exc)
+                return 400, f"not saved: {slug}.json is not a circuit-tracer graph"
             graph["qParams"] = q_params
-            tmp = f"{target}.tmp-{os.getpid()}-{threading.get_ident()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(graph, f)
-            os.replace(tmp, target)
-        except (ValueError, KeyError, TypeError, OSError) as exc:
-            self._send_text(400, f"could not save {slug!r}: {exc}")
-            return
+            try:
+                write_json(target, graph, indent=None)
+            except (ValueError, OSError) as exc:
+                return 500, f"could not write {slug}.json: {exc}"
         logger.info("saved qParams of %s", target)
-        self._send_text(200, "saved")
+        return 200, "saved"
+
+    def _refuse(self, status: int, text: str) -> None:
+        if status != 404:  # the operator sees why a Save failed, or who tried
+            logger.warning("refused %s %s: %s", self.command, self.path[:200], text)
+        self._send_text(status, text, head=self.command == "HEAD", extra={"Connection": "close"})
 
     def _start(self, status: int, headers: dict[str, str]) -> None:
         self.send_response(status)
@@ -313,8 +450,11 @@ class _ServerState:
     graph_dir: str
     viewer_dir: Path
     allow_save: bool
+    trusted_hosts: frozenset[str]
+    max_save_bytes: int
     requests: list[tuple[str, str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    save_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, method: str, path: str, status: int) -> None:
         with self.lock:
@@ -385,6 +525,8 @@ def serve_graphs(
     *,
     viewer_dir: str | os.PathLike[str] | None = None,
     allow_save: bool = False,
+    max_save_bytes: int = DEFAULT_MAX_SAVE_BYTES,
+    allowed_hosts: Iterable[str] = (),
 ) -> GraphServer:
     """Serve ``graph_dir`` and an offline viewer in a background thread; returns at once.
 
@@ -392,11 +534,19 @@ def serve_graphs(
     folder with ``package.json``, ``node_modules/`` and ``shims/`` (default: the checkout's
     ``frontend/`` or ``$CIRCUITFLOW_FRONTEND_DIR``). The viewer is built into ``viewer_dir``
     when given (kept), else into a temporary folder removed by ``.stop()``. ``allow_save``
-    enables the viewer's Save button (``POST /save_graph/<slug>`` rewrites ``<slug>.json``).
+    enables the viewer's Save button (``POST /save_graph/<slug>`` rewrites ``<slug>.json``),
+    with bodies of at most ``max_save_bytes``. Requests must name the server by a loopback name,
+    an IP address, ``host``, this machine's name (when ``host`` is every interface) or one of
+    ``allowed_hosts`` (e.g. a reverse proxy's name).
     """
     graph_path = Path(graph_dir).resolve()
     if not graph_path.is_dir():
         raise FileNotFoundError(f"graph folder {graph_dir} does not exist")
+    if type(max_save_bytes) is not int or max_save_bytes < 1:
+        raise ValueError(f"max_save_bytes must be a positive number of bytes, "
+                         f"not {max_save_bytes!r}")
+    if allow_save:
+        _graph_reader()  # a missing dependency fails here, not at the first save
     if not (graph_path / "graph-metadata.json").is_file():
         logger.warning("%s has no graph-metadata.json; the viewer will show nothing", graph_path)
 
@@ -409,7 +559,9 @@ def serve_graphs(
     try:
         build_viewer(built, frontend_vendor_dir)
         state = _ServerState(graph_dir=str(graph_path), viewer_dir=built.resolve(),
-                             allow_save=allow_save)
+                             allow_save=allow_save,
+                             trusted_hosts=_trusted_host_names(host, allowed_hosts),
+                             max_save_bytes=max_save_bytes)
         handler = type("GraphHandler", (_Handler,), {"_state": state})
         server_cls = _HTTPServerV6 if ":" in host else _HTTPServer
         httpd = server_cls((host, port), handler)

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 
 from .build import FRONTEND_DIR_ENV, FrontendError
-from .server import DEFAULT_HOST, DEFAULT_PORT, serve_graphs
+from .server import DEFAULT_HOST, DEFAULT_MAX_SAVE_BYTES, DEFAULT_PORT, serve_graphs
 
 __all__ = ["main"]
 
@@ -35,6 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="build the viewer here and keep it (default: a temporary folder)")
     parser.add_argument("--allow_save", "--allow-save", action="store_true",
                         help="let the viewer's Save button write qParams into <slug>.json")
+    parser.add_argument("--max_save_bytes", "--max-save-bytes", type=int, default=DEFAULT_MAX_SAVE_BYTES,
+                        help=f"largest save body accepted (default {DEFAULT_MAX_SAVE_BYTES})")
+    parser.add_argument("--allowed_host", "--allowed-host", action="append", default=[],
+                        help="another host name the viewer may be opened by (repeatable); loopback "
+                             "names and IP addresses are always allowed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -42,8 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server = serve_graphs(args.graph_dir, port=args.port, host=args.host,
                               frontend_vendor_dir=args.frontend_dir, viewer_dir=args.viewer_dir,
-                              allow_save=args.allow_save)
-    except (FrontendError, FileNotFoundError, OSError) as exc:
+                              allow_save=args.allow_save, max_save_bytes=args.max_save_bytes,
+                              allowed_hosts=args.allowed_host)
+    except (FrontendError, FileNotFoundError, OSError, ValueError) as exc:
         print(f"circuitflow-serve: error: {exc}", file=sys.stderr)
         return 2
     # SIGTERM (kill, process managers) stops like Ctrl-C, so the temporary viewer is removed.

@@ -33,6 +33,20 @@ def check_sparsity(activation: str, k: int, n_features: int) -> None:
                           "lower k or raise n_features")
 
 
+def check_choice_names(key: str, names) -> None:
+    """The judge's categories (or domain types, mechanisms) are matched whatever the case of the
+    reply, so two names that differ only in case (or spacing around them) could never be told apart."""
+    seen: dict[str, str] = {}
+    for name in names:
+        folded = name.strip().casefold()
+        if not folded:
+            raise ConfigError(f"{key} has an empty name; give every entry a name")
+        if folded in seen:
+            raise ConfigError(f"{key} names {seen[folded]!r} and {name!r}, which differ only in case or spacing; "
+                              "the judge's reply is matched ignoring case, so rename or merge them")
+        seen[folded] = name
+
+
 def check_cross_layer(layers, activation: str, skip_connection: bool, jumprelu_training: str) -> None:
     """What transcoder.kind clt needs of the other keys."""
     layers = list(layers)

@@ -22,7 +22,7 @@ from circuitflow.config import (
     config_value,
     settings_for,
 )
-from circuitflow.config_rules import check_cross_layer, check_sparsity
+from circuitflow.config_rules import check_choice_names, check_cross_layer, check_sparsity
 from circuitflow.data.dataset import local_source_files
 from circuitflow.data.prompts import CONFIG_ORIGIN, discover_prompts
 from circuitflow.model.facts import ModelFacts, read_model_facts
@@ -116,6 +116,8 @@ def plan_workflow(config: dict) -> WorkflowPlan:
     feature_layers = _resolve(config_value(config, "features.layers"), list(layers), "features.layers",
                               "have no transcoder; transcoders are trained for activations.layers")
     interp_layers = feature_layers[::config_value(config, "interp.layer_step")]
+    for key in ("interp.categories", "interp.domain_types", "interp.mechanisms"):
+        check_choice_names(key, config_value(config, key))
     context = config_value(config, "dataset.context_length")
     if facts is not None and facts.context_length is not None and context > facts.context_length:
         raise ConfigError(f"dataset.context_length {context} exceeds the model's context of "

@@ -132,6 +132,7 @@ def test_plan_resolves_layers_and_prompts(tmp_path, monkeypatch):
     ({"transcoder": {"k": 32, "n_features": 32}}, "transcoder.k 32 must be below transcoder.n_features 32"),
     ({"transcoder": {"kind": "clt"}}, "transcoder.kind clt needs transcoder.activation: jumprelu"),
     ({"dataset": {"context_length": 128}}, "dataset.context_length 128 exceeds the model's context of 64"),
+    ({"interp": {"categories": {"Math": "m", "math": "m"}}}, "interp.categories names 'Math' and 'math'"),
 ])
 def test_plan_rejects_configs_that_do_not_fit(tmp_path, monkeypatch, sections, message):
     monkeypatch.chdir(tmp_path)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from circuitflow.config_rules import TOPK_TRAINED, ConfigError, check_cross_layer, check_sparsity
+from circuitflow.config_rules import TOPK_TRAINED, ConfigError, check_choice_names, check_cross_layer, check_sparsity
 
 
 @pytest.mark.parametrize("activation", TOPK_TRAINED)
@@ -22,6 +22,14 @@ def test_sparsity_needs_k_between_one_and_below_n_features(activation):
         check_sparsity(activation, 64, 32)
     with pytest.raises(ConfigError, match=f"transcoder.k 0 must be at least 1 for transcoder.activation {activation}"):
         check_sparsity(activation, 0, 32)
+
+
+def test_choice_names_must_differ_ignoring_case():
+    check_choice_names("interp.categories", ["Math", "Code", "language"])
+    with pytest.raises(ConfigError, match=r"^interp.categories names 'Math' and 'math ', which differ only in case"):
+        check_choice_names("interp.categories", ["Math", "math "])
+    with pytest.raises(ConfigError, match="interp.mechanisms has an empty name"):
+        check_choice_names("interp.mechanisms", ["output", " "])
 
 
 def test_sparsity_ignores_k_for_relu():

@@ -220,6 +220,42 @@ def test_classification_parses_keeps_raw_and_records_failures(feature_dir, tmp_p
     assert usage["reasks"] == 2 and usage["unparsed_replies"] == 2 and usage["failed_requests"] == 1
 
 
+def test_category_names_with_capitals_match_the_reply_in_any_case(feature_dir, tmp_path):
+    """Configured "Math"/"Code" (capitals) match replies "math" and "CODE"; names that differ only
+    in case are refused before any request, at parse time and here."""
+    from circuitflow.config_rules import ConfigError
+
+    select_features(feature_dir=feature_dir, metadata=tmp_path / "meta.json", graphs=[],
+                    out_selection=tmp_path / "sel.json",
+                    settings=SelectFeaturesSettings(sample_layers=(0, 1), n_per_layer=1, max_graph_features=0))
+
+    def reply(body):
+        category = "math" if "L0F" in body["messages"][1]["content"] else "CODE"
+        return ("reply", json.dumps({"reasoning": "r", "category": category, "confidence": "High",
+                                     "category_description": "d"}))
+
+    categories = {"Math": "mathematics", "Code": "programming"}
+    server = ScriptedServer(default=reply)
+    try:
+        result = classify_features(selection=tmp_path / "sel.json", feature_dir=feature_dir,
+                                   out_classifications=tmp_path / "classes.json", out_usage=tmp_path / "usage.json",
+                                   cache_path=tmp_path / "cache.sqlite", server_log=tmp_path / "judge.log",
+                                   settings=ClassifyFeaturesSettings(llm=llm(server.base_url), categories=categories))
+        assert sorted(r["category"] for r in result["features"]) == ["Code", "Math"]
+        assert {r["confidence"] for r in result["features"]} == {"high"}
+        assert result["shares"]["overall"]["Math"] == 0.5 and result["metadata"]["n_unparsed"] == 0
+        sent = len(server.requests)
+        with pytest.raises(ConfigError, match="'Math' and 'math', which differ only in case"):
+            classify_features(selection=tmp_path / "sel.json", feature_dir=feature_dir,
+                               out_classifications=tmp_path / "again.json", out_usage=tmp_path / "u2.json",
+                               cache_path=tmp_path / "cache.sqlite", server_log=tmp_path / "judge.log",
+                               settings=ClassifyFeaturesSettings(llm=llm(server.base_url),
+                                                                 categories={**categories, "math": "again"}))
+        assert len(server.requests) == sent and not (tmp_path / "again.json").exists()
+    finally:
+        server.close()
+
+
 def run_explain(server, feature_dir, tmp_path) -> dict:
     """explain_features on tmp_path/sel.json against `server` (closed afterwards)."""
     try:

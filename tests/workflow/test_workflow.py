@@ -116,6 +116,7 @@ def test_lint_is_clean(default_checkout):
     ({"transcoder": {"k": "sixteen"}}, "invalid config at transcoder.k: 'sixteen' is not of type 'integer'"),
     ({"seeed": 1}, "invalid config at the top level: .*'seeed' was unexpected"),
     ({"device": "tpu"}, "invalid config at device: 'tpu' is not one of .*allowed values: 'auto', 'cpu', 'cuda'"),
+    ({"seed": -1}, "invalid config at seed: -1 is less than the minimum of 0"),
     ({"transcoder": {"k": 4096}}, "transcoder.k 4096 must be below transcoder.n_features 2048"),
     ({"activations": {"layers": [0]}, "features": {"layers": [1]}}, r"features.layers \[1\]: have no transcoder"),
     ({"transcoder": {"kind": "clt", "activation": "jumprelu", "skip_connection": False},

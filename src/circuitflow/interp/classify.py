@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from circuitflow.config import ClassifyFeaturesSettings
+from circuitflow.config_rules import check_choice_names
 from circuitflow.interp.examples import explainer_examples
 from circuitflow.interp.feature_jobs import failures, judge_all, reply_fields
 from circuitflow.interp.judge_prompts import classification_messages, classification_schema
@@ -33,19 +34,22 @@ def _text(value) -> str | None:
 
 
 def _choice(value, allowed) -> str | None:
+    """The allowed name the reply gave, matched ignoring case (a category "Math" answered as
+    "math", or the reverse); None when it gave none of them."""
     value = _text(value)
-    return value.lower() if value and value.lower() in allowed else None
+    by_folded = {name.strip().casefold(): name for name in allowed}
+    return by_folded.get(value.casefold()) if value else None
 
 
 def classification_record(entry: dict, feature: dict, n_examples: int, reply, settings: ClassifyFeaturesSettings) -> dict:
     data = reply_fields(reply)
     category = _choice(data.get("category"), settings.categories) or UNPARSED
-    reasoning = category == "reasoning"
+    reasoning = category.casefold() == "reasoning"
     record = {
         "layer": entry["layer"], "feature": entry["feature"], "cantor_id": entry["cantor_id"],
         "category": category, "confidence": _choice(data.get("confidence"), CONFIDENCE),
         "mechanism": _choice(data.get("mechanism"), settings.mechanisms) if reasoning else None,
-        "domain_type": _choice(data.get("domain_type"), settings.domain_types) if category == "domain" else None,
+        "domain_type": _choice(data.get("domain_type"), settings.domain_types) if category.casefold() == "domain" else None,
         "category_description": _text(data.get("category_description")),
         "mechanism_description": _text(data.get("mechanism_description")) if reasoning else None,
         "input_pattern": _text(data.get("input_pattern")) if reasoning else None,
@@ -75,6 +79,9 @@ def category_shares(records: list[dict], categories) -> dict:
 def classify_features(*, selection: str | Path, feature_dir: str | Path, out_classifications: str | Path,
                       out_usage: str | Path, cache_path: str | Path, server_log: str | Path,
                       settings: ClassifyFeaturesSettings) -> dict:
+    for key, names in (("interp.categories", settings.categories), ("interp.domain_types", settings.domain_types),
+                       ("interp.mechanisms", settings.mechanisms)):
+        check_choice_names(key, names)
     items = load_selection(selection, feature_dir)
 
     schema = classification_schema(settings.categories, settings.domain_types, settings.mechanisms)

@@ -10,7 +10,9 @@ content-addressed and each branch's current tree is also written out under
 
 Tokens: ``WRITE_TOKEN`` may write, ``READ_TOKEN`` may only read (writes get 403), anything else
 gets 401. ``fail(prefix, status)`` makes the next request whose "METHOD /path" starts with
-`prefix` answer `status` once. ``requests`` records every "METHOD /path" served.
+`prefix` answer `status` once. ``requests`` records every "METHOD /path" served. ``create`` and
+``push`` stand for other writers: a repo someone else made (public or private, with their
+files), and a commit of theirs to a repo the upload published.
 """
 
 from __future__ import annotations
@@ -101,6 +103,20 @@ class StandInHub:
         return (self.root / "blobs" / oid).read_bytes()
 
     # ------------------------------------------------------------------ state changes
+
+    def create(self, repo_id: str, files: dict[str, bytes] | None = None, private: bool = False) -> Repo:
+        """A repo made by someone else than the upload under test (as the Hub makes it), holding `files`."""
+        with self.lock:
+            repo = self.repos[repo_id] = Repo(repo_id, private)
+            self.commit(repo, "main", "initial commit", {".gitattributes": GITATTRIBUTES}, [])
+        if files:
+            self.push(repo_id, files)
+        return repo
+
+    def push(self, repo_id: str, files: dict[str, bytes], branch: str = "main") -> Commit:
+        """Another writer's commit (the owner adding a file through the web page, say)."""
+        with self.lock:
+            return self.commit(self.repos[repo_id], branch, "an upload by someone else", files, [])
 
     def store(self, data: bytes) -> str:
         oid = git_sha1(data)

@@ -14,8 +14,10 @@ class ScriptedServer:
     """POST /v1/chat/completions; each request takes the next scripted behaviour, else `default`.
 
     Behaviours: ("reply", text), ("reply", text, {token: logprob}), ("reply", text, alternatives
-    or None, usage dict), ("status", code, headers, body), ("hang", seconds), or a
-    callable(request_json) -> behaviour."""
+    or None, usage dict), ("truncated", text) (cut off at max_tokens: finish_reason "length"),
+    ("status", code, headers, body) (401, 403, 429 with Retry-After, ...), ("hang", seconds), or a
+    callable(request_json) -> behaviour. `headers` keeps each request's headers (`authorizations`
+    their Authorization values)."""
 
     def __init__(self, default=("reply", "ok"), delay_s: float = 0.0):
         self.script: collections.deque = collections.deque()
@@ -49,7 +51,9 @@ class ScriptedServer:
                     self._send(code, payload, headers)
                     return
                 text = behaviour[1]
-                choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                finish_reason = "length" if behaviour[0] == "truncated" else "stop"
+                choice = {"index": 0, "finish_reason": finish_reason,
+                          "message": {"role": "assistant", "content": text}}
                 if body.get("logprobs"):
                     # ("reply", text, {token: logprob}) scripts the alternatives; else the text is certain
                     alternatives = behaviour[2] if len(behaviour) > 2 and behaviour[2] else {text: 0.0}
@@ -77,6 +81,11 @@ class ScriptedServer:
         self.httpd.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def authorizations(self) -> list[str | None]:
+        with self.lock:
+            return [headers.get("Authorization") for headers in self.headers]
 
     def close(self):
         self.httpd.shutdown()

@@ -305,6 +305,7 @@ class LLMSettings:
     timeout_s: float = knob("llm.timeout_s")
     max_retries: int = knob("llm.max_retries")
     backoff_s: float = knob("llm.backoff_s")
+    max_retry_wait_s: float = knob("llm.max_retry_wait_s")
     temperature: float = knob("llm.temperature")
     top_p: float = knob("llm.top_p")
     seed: int | None = knob("llm.seed")
@@ -313,6 +314,7 @@ class LLMSettings:
     json_schema: bool = knob("llm.json_schema")
     logprobs: bool = knob("llm.logprobs")
     max_failure_share: float = knob("llm.max_failure_share")
+    max_consecutive_failures: int = knob("llm.max_consecutive_failures")
     price_per_million_prompt: float | None = knob("llm.price_per_million_prompt")
     price_per_million_completion: float | None = knob("llm.price_per_million_completion")
 
@@ -402,6 +404,7 @@ class UploadToHubSettings:
     repo_id: str | None = knob("hub.repo_id")
     revision: str = knob("hub.revision")
     private: bool = knob("hub.private")
+    allow_existing_repo: bool = knob("hub.allow_existing_repo")
 
 
 @dataclass(frozen=True)

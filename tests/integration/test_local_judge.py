@@ -4,10 +4,12 @@ client every LLM rule uses (JSON mode, cache, usage)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 
 import pytest
 
-from circuitflow.llm import LLMClient, LLMError, LLMSettings
+from circuitflow.llm import LLMClient, LLMError, LLMSettings, open_judge
 from circuitflow.llm.local_server import LocalLlamaServer
 from circuitflow.model import resolve_source
 
@@ -39,6 +41,23 @@ def test_smollm2_judge_answers_json_and_reruns_from_the_cache(tmp_path):
         again, usage = asyncio.run(ask())
         assert again.cached and again.text == first.text and usage["requests"] == 0 and usage["cache_hits"] == 1
     assert process.poll() is not None  # stopped on exit
+
+
+def test_open_judge_keys_the_local_judge_by_its_gguf_content(tmp_path, monkeypatch):
+    """The workflow's path: the cache key names the GGUF's sha256 (not the loopback port, the
+    alias or the file's name), so a rerun on a new port is answered from the cache."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-sent-to-the-local-judge")
+    gguf = resolve_source(SMOLLM2_SOURCE).gguf_path
+    settings = dataclasses.replace(judge_settings(None), api_key_env="OPENAI_API_KEY", local_model=SMOLLM2_SOURCE)
+
+    async def ask():
+        async with open_judge(settings, tmp_path / "cache.sqlite", tmp_path / "judge.log") as client:
+            return await client.complete_json([{"role": "user", "content": PROMPT}]), client.identity
+
+    first, identity = asyncio.run(ask())
+    assert identity == f"local-gguf:sha256:{hashlib.sha256(gguf.read_bytes()).hexdigest()}"
+    again, _ = asyncio.run(ask())
+    assert first.parsed and again.cached and again.text == first.text
 
 
 def test_missing_model_file_is_named(tmp_path):

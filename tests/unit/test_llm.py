@@ -1,10 +1,12 @@
 """The LLM layer against a real OpenAI-compatible HTTP server on loopback with scripted
-behaviour (no mocked client): retries, timeouts, garbage replies, unknown models, failure
-accounting, the response cache across a kill -9, and where the API key may appear."""
+behaviour (no mocked client): retries, timeouts, garbage replies, unknown models, refused keys,
+capped waits, failure accounting and when a job stops, the response cache (across a kill -9,
+across endpoints, never for cut-off replies), and where the API key may appear."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import subprocess
@@ -15,6 +17,8 @@ import time
 import pytest
 
 from circuitflow.llm import LLMClient, LLMError, LLMRequestError, LLMSettings, extract_json
+from circuitflow.llm.client import LOCAL_JUDGE_KEY, public_endpoint
+from circuitflow.llm.judge import local_identity
 
 from ..llm_server import ScriptedServer
 
@@ -96,7 +100,7 @@ def test_unknown_model_fails_the_job_quoting_the_server(server, tmp_path):
     server.default = ("status", 404, {}, {"error": {"message": "model 'judge' not found, try pulling it first"}})
 
     async def go():
-        client = LLMClient(settings(server.base_url), tmp_path / "c.sqlite")
+        client = LLMClient(settings(server.base_url, max_concurrency=1), tmp_path / "c.sqlite")
         try:
             await client.run_all(["a", "b"], lambda item: client.complete(ask(item)))
         finally:
@@ -104,7 +108,7 @@ def test_unknown_model_fails_the_job_quoting_the_server(server, tmp_path):
 
     with pytest.raises(LLMError, match=r"HTTP 404\): \"model 'judge' not found, try pulling it first\""):
         run(go())
-    assert len(server.requests) == 2  # not retried
+    assert len(server.requests) == 1  # not retried, and the other item not sent
 
 
 def test_failures_are_counted_and_the_job_fails_past_the_share(server, tmp_path):
@@ -206,3 +210,174 @@ def test_extract_json(text, expected):
 def test_extract_json_refuses_non_objects():
     with pytest.raises(ValueError):
         extract_json("[1, 2, 3]")
+
+
+def judge_everything(client: LLMClient, items: list):
+    async def go():
+        try:
+            return await client.run_all(items, lambda item: client.complete(ask(item)))
+        finally:
+            await client.aclose()
+
+    return run(go())
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_stops_the_job_at_the_first_request(server, tmp_path, monkeypatch, status):
+    secret = "sk-test-refused-0123456789"
+    monkeypatch.setenv("CIRCUITFLOW_TEST_KEY", secret)
+    server.default = ("status", status, {}, {"error": {"message": "Incorrect API key provided"}})
+    client = LLMClient(settings(server.base_url, api_key_env="CIRCUITFLOW_TEST_KEY", max_concurrency=1),
+                       tmp_path / "c.sqlite")
+    with pytest.raises(LLMError, match=rf"^http://127.0.0.1:\d+/v1 refused the API key \(HTTP {status}\): "
+                                       r"'Incorrect API key provided'; check the key in the environment variable "
+                                       r"CIRCUITFLOW_TEST_KEY \(llm.api_key_env\)$") as refused:
+        judge_everything(client, [f"feature {i}" for i in range(5)])
+    assert len(server.requests) == 1 and secret not in str(refused.value)
+
+
+def test_a_huge_retry_after_is_capped(server, tmp_path):
+    server.script.extend([("status", 429, {"Retry-After": "86400"}, {"error": {"message": "slow down"}}),
+                          ("status", 503, {"Retry-After": "3600"}, {"error": {"message": "overloaded"}})])
+
+    async def go():
+        client = LLMClient(settings(server.base_url, max_retry_wait_s=0.2), tmp_path / "c.sqlite")
+        try:
+            return await asyncio.wait_for(client.complete(ask("hello")), timeout=10)
+        finally:
+            await client.aclose()
+
+    started = time.perf_counter()
+    reply = run(go())
+    assert reply.text == "ok" and len(server.requests) == 3
+    assert 0.4 <= time.perf_counter() - started < 5  # two waits of llm.max_retry_wait_s, not a day
+
+
+@pytest.mark.parametrize("dead", [("status", 503, {}, {"error": {"message": "overloaded"}}), ("hang", 3.0)],
+                         ids=["failing", "hanging"])
+def test_consecutive_failures_stop_the_job_without_sending_the_rest(server, tmp_path, dead):
+    server.default = dead
+    client = LLMClient(settings(server.base_url, max_retries=0, timeout_s=0.2, max_concurrency=1,
+                                max_consecutive_failures=3, max_failure_share=1.0), tmp_path / "c.sqlite")
+    with pytest.raises(LLMError, match=r"^http://127.0.0.1:\d+/v1: 3 items in a row failed "
+                                       r"\(llm.max_consecutive_failures\); stopped with 7 of 10 items not done; "
+                                       r"the last: http://127.0.0.1:\d+/v1: .*(overloaded|Timeout)"):
+        judge_everything(client, [f"feature {i}" for i in range(10)])
+    assert len(server.requests) == 3
+
+
+def test_an_answer_between_failures_restarts_the_count(server, tmp_path):
+    server.default = lambda body: (("status", 503, {}, {"error": {"message": "overloaded"}})
+                                   if "bad" in body["messages"][0]["content"] else ("reply", "fine"))
+    items = ["bad 1", "bad 2", "good 1", "bad 3", "bad 4", "good 2"]
+    client = LLMClient(settings(server.base_url, max_retries=0, max_concurrency=1, max_consecutive_failures=3,
+                                max_failure_share=1.0), tmp_path / "c.sqlite")
+    outcomes = judge_everything(client, items)
+    assert [o.error is None for o in outcomes] == [False, False, True, False, False, True]
+    assert len(server.requests) == len(items)
+
+
+def test_the_failure_share_stops_the_job_once_exceeded(server, tmp_path):
+    server.default = lambda body: (("status", 503, {}, {"error": {"message": "overloaded"}})
+                                   if "bad" in body["messages"][0]["content"] else ("reply", "fine"))
+    items = [f"{kind} {i}" for i in range(5) for kind in ("good", "bad")]
+    client = LLMClient(settings(server.base_url, max_retries=0, max_concurrency=1, max_consecutive_failures=10,
+                                max_failure_share=0.2), tmp_path / "c.sqlite")
+    with pytest.raises(LLMError, match=r"3 of 10 items failed \(more than llm.max_failure_share 0.2\)"):
+        judge_everything(client, items)
+    assert len(server.requests) == 6  # stopped at the third failure: the job could no longer pass
+
+
+def test_two_endpoints_serving_the_same_model_name_do_not_share_answers(tmp_path):
+    first, second = ScriptedServer(default=("reply", "from the first")), ScriptedServer(default=("reply", "second"))
+    try:
+        async def go(base_url):
+            client = LLMClient(settings(base_url), tmp_path / "cache.sqlite")
+            try:
+                return await client.complete(ask("hello"))
+            finally:
+                await client.aclose()
+
+        assert run(go(first.base_url)).text == "from the first"
+        reply = run(go(second.base_url))
+        assert reply.text == "second" and not reply.cached and len(second.requests) == 1
+        assert run(go(first.base_url + "/")).cached  # the same endpoint, however it is written
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_endpoint_keys_the_cache_without_credentials(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUITFLOW_TEST_KEY", "sk-in-the-variable")
+    client = LLMClient(settings("HTTPS://user:hunter2@API.Example.com:443/v1/?api-key=sk-in-the-query#frag",
+                                api_key_env="CIRCUITFLOW_TEST_KEY"), tmp_path / "c.sqlite")
+    run(client.aclose())
+    assert client.identity == "judge@https://api.example.com/v1"
+    assert client.usage_record()["endpoint"] == "https://api.example.com/v1"
+
+
+@pytest.mark.parametrize("base_url,expected", [
+    ("http://127.0.0.1:8000/v1/", "http://127.0.0.1:8000/v1"),
+    ("http://me:pw@Node-7.cluster:80/v1", "http://node-7.cluster/v1"),
+    ("http://[::1]:8080/v1?token=x", "http://[::1]:8080/v1"),
+])
+def test_public_endpoint(base_url, expected):
+    assert public_endpoint(base_url) == expected
+
+
+def test_empty_or_cut_off_json_replies_are_not_cached(server, tmp_path):
+    server.script.extend([("reply", ""), ("truncated", '{"label": "ca'), ("truncated", '{"label": "ca'),
+                          ("truncated", "No.")])
+
+    async def go():
+        client = LLMClient(settings(server.base_url), tmp_path / "cache.sqlite")
+        try:
+            return (await client.complete(ask("empty")), await client.complete_json(ask("long")),
+                    await client.complete(ask("yes or no?"), max_tokens=2)), client.usage
+        finally:
+            await client.aclose()
+
+    (empty, cut, short), first_usage = run(go())
+    assert (empty.text, cut.text, short.text) == ("", '{"label": "ca', "No.") and not cut.parsed
+    assert len(server.requests) == 4  # the cut-off JSON was re-asked once
+    server.default = ("reply", '{"label": "cats"}')
+    (empty, cut, short), _ = run(go())
+    assert (empty.cached, cut.cached, short.cached) == (False, False, True)  # a yes/no answer within its budget
+    assert cut.data == {"label": "cats"} and len(server.requests) == 6
+    again, usage = run(go())
+    assert all(reply.cached for reply in again) and usage.requests == 0
+    assert first_usage.incomplete_replies == 3
+
+
+def test_the_local_judge_is_sent_a_dummy_key_not_the_users(server, tmp_path, monkeypatch):
+    secret = "sk-real-user-key-0123456789"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+
+    async def go(local_server):
+        client = LLMClient(settings(server.base_url, api_key_env="OPENAI_API_KEY"), tmp_path / "c.sqlite",
+                           identity="local-gguf:sha256:0", local_server=local_server)
+        try:
+            await client.complete(ask(f"hello {local_server}"))
+        finally:
+            await client.aclose()
+
+    run(go(local_server=True))
+    run(go(local_server=False))  # a loopback server the user runs gets the key they named
+    assert server.authorizations == [f"Bearer {LOCAL_JUDGE_KEY}", f"Bearer {secret}"]
+
+
+def test_the_local_judge_is_keyed_by_the_gguf_content_hashed_once(tmp_path):
+    one, other = tmp_path / "a" / "judge.gguf", tmp_path / "b" / "judge.gguf"
+    for path, content in ((one, b"GGUF quantised one way"), (other, b"GGUF quantised another")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    cache = tmp_path / "cache.sqlite"
+    assert local_identity(one, cache) == f"local-gguf:sha256:{hashlib.sha256(b'GGUF quantised one way').hexdigest()}"
+    assert local_identity(other, cache) != local_identity(one, cache)  # same name and size
+    # Remembered by path, size and mtime: the same stamp is not read again; a new mtime is.
+    stamp = one.stat()
+    one.write_bytes(b"GGUF quantised 3rd way")
+    os.utime(one, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert local_identity(one, cache).endswith(hashlib.sha256(b"GGUF quantised one way").hexdigest())
+    os.utime(one, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    assert local_identity(one, cache).endswith(hashlib.sha256(b"GGUF quantised 3rd way").hexdigest())

@@ -47,7 +47,9 @@ def test_publish_tiny_run_to_stand_in_hub(tmp_path, tiny_llama_source, tiny_corp
         results = tmp_path / "results/tiny"
         staged = staged_files(results / "hub/repo")
         published = staged_files(hub.tree(REPO))
-        assert published == {**staged, ".gitattributes": published[".gitattributes"]}  # the exact bytes
+        # the exact bytes, plus the hub's .gitattributes and the upload's marker of what it published
+        assert published == {**staged, ".gitattributes": published[".gitattributes"],
+                             "circuitflow.json": published["circuitflow.json"]}
         assert set(staged) == {
             "README.md", "config.yaml", "feature_metadata.json", "dataset/summary.json",
             "layer_0.safetensors", "layer_1.safetensors", "layer_0.architecture.json", "layer_1.architecture.json",

@@ -8,10 +8,13 @@ is typed in by hand and nothing depends on the clock (an unchanged run renders t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from circuitflow.config import StageHubRepoSettings
 from circuitflow.data.dataset import HUB_PREFIX
+from circuitflow.hub.shareable import shareable
+from circuitflow.hub.upload import MARKER
 from circuitflow.model.source import resolve_source
 
 TAGS = ["circuit-tracer", "circuitflow", "transcoder", "interpretability", "attribution-graphs"]
@@ -102,7 +105,7 @@ def render_model_card(settings: StageHubRepoSettings, set_config: dict, fidelity
     repo, kind, scan = settings.repo_id, set_config["model_kind"], set_config["scan"]  # scan: repo[@revision]
     first = next(iter(training.values()), {})
     splits = dataset.get("splits", {})
-    trained_on = settings.model_source
+    trained_on = shareable(settings.model_source, Path.cwd())  # a GGUF outside the working directory: its name
     same_weights = resolve_source(settings.model_source).kind == "hub"
     lines = [
         f"# {repo}", "",
@@ -188,6 +191,7 @@ def render_model_card(settings: StageHubRepoSettings, set_config: dict, fidelity
         "| `graphs/` | attribution graphs with `scan` set to this repo |",
         "| `interp/` | classifications, explanations and detection scores (when published) |",
         "| `dataset/summary.json` | the corpus, its hash and the split sizes |",
+        f"| `{MARKER}` | the files circuitflow published here: publishing again replaces or deletes only these |",
         "",
     ]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))

@@ -15,8 +15,10 @@ Layout (paths inside the repo)::
     dataset/summary.json             the corpus, its sha256 and the token counts of each split
 
 The folder is byte-reproducible from its inputs (no timestamps), so an unchanged run stages an
-unchanged folder and `upload_to_hub` finds nothing to commit. Paths under the working
-directory are written relative to it: a published file does not carry the publisher's home.
+unchanged folder and `upload_to_hub` finds nothing to commit. What the repo's JSON and YAML
+say goes through `shareable`: paths under the working directory become relative to it, other
+local paths their file names, and credentials or internal hosts in URLs (the judge's
+`llm.base_url`) are dropped. A file copied as-is that still holds one is refused.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import yaml
 
 from circuitflow.config import StageHubRepoSettings
 from circuitflow.hub.model_card import render_model_card
+from circuitflow.hub.shareable import leaks, shareable
 from circuitflow.io import atomic_path, read_json, relative_paths, write_json
 from circuitflow.transcoders.sets import TranscoderSetError, read_transcoder_set
 
@@ -68,6 +71,20 @@ def _place(source: str | Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+
+
+TEXT_SUFFIXES = (".json", ".yaml", ".yml", ".md", ".csv", ".txt")
+
+
+def _refuse_leaks(copied: Sequence[Path], root: Path) -> None:
+    """Files published as-is (graphs, architectures, the fidelity table) are not rewritten by
+    `shareable`: refuse one that would publish a local path or a private URL."""
+    for path in copied:
+        if path.suffix in TEXT_SUFFIXES:
+            found = leaks(path.read_text(encoding="utf-8", errors="replace"), root)
+            if found:
+                raise HubRepoError(f"{path} would publish {found}; remove that from it (or from what it is made "
+                                   "of) and rerun stage_hub_repo")
 
 
 def hub_set_config(raw: dict, repo_id: str, revision: str, base_model: str) -> dict:
@@ -131,10 +148,10 @@ def stage_hub_repo(*, transcoder_set: str | Path, weights: Sequence[str | Path],
         raise HubRepoError(str(error)) from None
     raw_set = yaml.safe_load(Path(transcoder_set).read_text(encoding="utf-8"))
     fidelity_data = None if fidelity is None else {
-        **relative_paths(_read(fidelity, "fidelity file", "evaluate_transcoders"), root), "transcoder_set": "config.yaml"}
-    dataset = relative_paths(_read(dataset_summary, "dataset summary", "prepare_dataset"), root)
-    metadata = relative_paths(_read(feature_metadata, "feature metadata", "collect_features"), root)
-    training = {Path(p).name: relative_paths(_read(p, "training metrics", "the transcoder's training rule"), root)
+        **shareable(_read(fidelity, "fidelity file", "evaluate_transcoders"), root), "transcoder_set": "config.yaml"}
+    dataset = shareable(_read(dataset_summary, "dataset summary", "prepare_dataset"), root)
+    metadata = shareable(_read(feature_metadata, "feature metadata", "collect_features"), root)
+    training = {Path(p).name: shareable(_read(p, "training metrics", "the transcoder's training rule"), root)
                 for p in training_metrics}
     packed = Path(packed)
     if not (packed / "index.json.gz").is_file():
@@ -142,10 +159,13 @@ def stage_hub_repo(*, transcoder_set: str | Path, weights: Sequence[str | Path],
                            f"(snakemake --forcerun {packed})")
     graph_scores = None
     if graphs is not None:
-        graph_scores = _read(Path(graphs) / "graph-scores.json", "graph scores", "assemble_hub_graphs")
-    interp_data = {Path(p).name: relative_paths(_read(p, "interp file", "the judge's rules (target interp)"), root)
+        graph_scores = shareable(_read(Path(graphs) / "graph-scores.json", "graph scores", "assemble_hub_graphs"),
+                                 root)
+    interp_data = {Path(p).name: shareable(_read(p, "interp file", "the judge's rules (target interp)"), root)
                    for p in interp}
     settings = dataclasses.replace(settings, model_source=relative_paths(settings.model_source, root))
+    _refuse_leaks([*map(Path, architectures), *([] if fidelity_table is None else [Path(fidelity_table)]),
+                   *([] if graphs is None else sorted(Path(graphs).glob("*.json")))], root)
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
@@ -158,6 +178,7 @@ def stage_hub_repo(*, transcoder_set: str | Path, weights: Sequence[str | Path],
                 _place(path, tmp / name)
         else:
             set_config = hub_set_config(raw_set, settings.repo_id, settings.revision, settings.base_model)
+        set_config = shareable(set_config, root)  # an imported set's source may be a local folder
         (tmp / "config.yaml").write_text(yaml.safe_dump(set_config, sort_keys=False), encoding="utf-8")
         for path in sorted(packed.iterdir()):
             if path.is_file() and path.name != SNAKEMAKE_MARKER:

@@ -8,6 +8,12 @@ git blob sha1 for regular files, the sha256 for LFS files), and only added, chan
 files go into one `create_commit`, with the head that was compared as `parent_commit` (a
 concurrent push fails the commit instead of being overwritten). Nothing changed: no commit.
 
+A repo is somebody's: the upload writes `circuitflow.json` (MARKER) beside the staged files,
+listing them. It refuses a repo that holds files but no marker (a mistyped hub.repo_id) unless
+hub.allow_existing_repo is true, refuses a public repo when hub.private is true (it never
+changes a repo's visibility), and deletes only files the marker listed: files others added
+stay.
+
 The endpoint is huggingface_hub's (HF_ENDPOINT, else https://huggingface.co). The token is
 never logged, passed on or written: the receipt holds the repo, revision, commit and hashes.
 """
@@ -15,7 +21,9 @@ never logged, passed on or written: the receipt holds the repo, revision, commit
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +35,8 @@ log = logging.getLogger("circuitflow.hub")
 
 TOKEN_VARIABLE = "HF_TOKEN"
 KEEP_REMOTE = (".gitattributes",)  # the Hub's own file of every new repo
+MARKER = "circuitflow.json"  # what this workflow published in the repo: the only files it may delete
+MARKER_MAX_BYTES = 1 << 20
 SNAKEMAKE_MARKER = ".snakemake_timestamp"  # Snakemake marks the staged directory output with it
 
 
@@ -37,7 +47,7 @@ class HubError(RuntimeError):
 @dataclass(frozen=True)
 class LocalFile:
     path: str  # inside the repo, with '/'
-    source: Path
+    source: Path | bytes
     size: int
     sha256: str
     git_sha1: str  # what the Hub reports as a regular file's blob id
@@ -78,8 +88,69 @@ def local_files(folder: Path) -> dict[str, LocalFile]:
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SNAKEMAKE_MARKER):
         record = hash_file(path)
         name = path.relative_to(folder).as_posix()
+        if name == MARKER:
+            raise HubError(f"the staged repo {folder} holds {name}, which the upload writes itself; "
+                           "rerun stage_hub_repo")
         files[name] = LocalFile(name, path, record.size, record.sha256, record.git_sha1)
     return files
+
+
+def marker_file(published: list[str]) -> LocalFile:
+    """The marker listing `published` (no timestamp: an unchanged run commits nothing)."""
+    data = (json.dumps({"generator": "circuitflow", "files": sorted(published)}, indent=1) + "\n").encode()
+    git = hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
+    return LocalFile(MARKER, data, len(data), hashlib.sha256(data).hexdigest(), git)
+
+
+def published_before(api, repo_id: str, info) -> set[str] | None:
+    """The files the marker at the compared head lists, or None when it has none (or one that
+    is not circuitflow's)."""
+    sibling = next((s for s in info.siblings or [] if s.rfilename == MARKER), None)
+    if sibling is None:
+        return None
+    record = None
+    if (sibling.size or 0) <= MARKER_MAX_BYTES:
+        with tempfile.TemporaryDirectory() as cache:
+            path = api.hf_hub_download(repo_id, MARKER, revision=info.sha, cache_dir=cache)
+            try:
+                record = json.loads(Path(path).read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                pass
+    files = record.get("files") if isinstance(record, dict) and record.get("generator") == "circuitflow" else None
+    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+        log.warning("%s: %s is not circuitflow's list of published files; treating the repo as not ours",
+                    repo_id, MARKER)
+        return None
+    return set(files)
+
+
+def check_visibility(repo_id: str, info, private: bool) -> None:
+    """Never publish privately meant files into a public repo, nor change a repo's visibility."""
+    if private and info.private is not True:
+        raise HubError(f"{repo_id} is public but hub.private is true: nothing was uploaded; make the repo private "
+                       "on the hub (its Settings page) or set hub.private: false to publish it publicly")
+    if not private and info.private:
+        log.warning("%s is private (hub.private is false): it stays private, and circuit-tracer's online "
+                    "frontend cannot read its features", repo_id)
+
+
+def check_ownership(repo_id: str, revision: str, info, before: set[str] | None, allow_existing: bool) -> None:
+    """Refuse a repo that holds files circuitflow did not publish there (no marker) unless allowed."""
+    foreign = sorted(s.rfilename for s in info.siblings or [] if s.rfilename not in (*KEEP_REMOTE, MARKER))
+    if before is None and foreign and not allow_existing:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise HubError(f"{repo_id}@{revision} already holds files that circuitflow did not publish ({shown}) and no "
+                       f"{MARKER}: nothing was uploaded; check hub.repo_id, or set hub.allow_existing_repo: true "
+                       "to publish into it (files circuitflow did not publish are never deleted)")
+
+
+def may_publish(api, repo_id: str, revision: str, info, settings: UploadToHubSettings) -> set[str] | None:
+    """Check that the repo as `info` shows it may take this upload; return the files circuitflow
+    published there before (None: none, as far as the repo says)."""
+    check_visibility(repo_id, info, settings.private)
+    before = published_before(api, repo_id, info)
+    check_ownership(repo_id, revision, info, before, settings.allow_existing_repo)
+    return before
 
 
 def unchanged(local: LocalFile, remote) -> bool:
@@ -87,6 +158,10 @@ def unchanged(local: LocalFile, remote) -> bool:
     if remote.lfs is not None:
         return remote.lfs.sha256 == local.sha256
     return remote.blob_id == local.git_sha1
+
+
+def _content(file: LocalFile) -> str | bytes:
+    return file.source if isinstance(file.source, bytes) else str(file.source)
 
 
 def _explain(error: Exception, repo_id: str, step: str, endpoint: str) -> HubError:
@@ -129,26 +204,37 @@ def upload_to_hub(*, repo_dir: str | Path, out_receipt: str | Path, settings: Up
         except RevisionNotFoundError:
             if revision == "main":
                 raise
+            # the branch starts from main's files: check main before writing anything to the repo
+            may_publish(api, repo_id, "main", api.repo_info(repo_id, revision="main", files_metadata=True), settings)
             step = f"creating branch {revision} of"
             api.create_branch(repo_id, branch=revision, exist_ok=True)
             info = api.repo_info(repo_id, revision=revision, files_metadata=True)
+        before = may_publish(api, repo_id, revision, info, settings)
         remote = {sibling.rfilename: sibling for sibling in info.siblings or []}
-        added = [name for name in files if name not in remote]
-        updated = [name for name in files if name in remote and not unchanged(files[name], remote[name])]
-        deleted = [name for name in remote if name not in files and name not in KEEP_REMOTE]
+        marker = marker_file(list(files))
+        outgoing = {**files, MARKER: marker}
+        added = [name for name in outgoing if name not in remote]
+        updated = [name for name in outgoing if name in remote and not unchanged(outgoing[name], remote[name])]
+        deleted = sorted(name for name in (before or ()) if name in remote and name not in outgoing
+                         and name not in KEEP_REMOTE)
+        kept = sorted(name for name in remote if name not in outgoing and name not in deleted
+                      and name not in KEEP_REMOTE)
+        if kept:
+            log.info("%s@%s: leaving %d file(s) circuitflow did not publish: %s", repo_id, revision, len(kept),
+                     ", ".join(kept[:10]) + (" ..." if len(kept) > 10 else ""))
         commit_id, commit_url = info.sha, None
         if added or updated or deleted:
             step = "committing to"
-            operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(files[name].source))
+            operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=_content(outgoing[name]))
                           for name in [*added, *updated]]
             operations += [CommitOperationDelete(path_in_repo=name) for name in deleted]
             log.info("%s@%s: committing %d added, %d changed, %d removed file(s) of %d", repo_id, revision,
-                     len(added), len(updated), len(deleted), len(files))
+                     len(added), len(updated), len(deleted), len(outgoing))
             commit = api.create_commit(repo_id, operations, commit_message=settings.commit_message,
                                        revision=revision, parent_commit=info.sha)
             commit_id, commit_url = commit.oid, commit.commit_url
         else:
-            log.info("%s@%s already holds these %d files (head %s): no commit", repo_id, revision, len(files),
+            log.info("%s@%s already holds these %d files (head %s): no commit", repo_id, revision, len(outgoing),
                      info.sha)
     except HfHubHTTPError as error:
         raise _explain(error, repo_id, step, endpoint) from None
@@ -162,8 +248,9 @@ def upload_to_hub(*, repo_dir: str | Path, out_receipt: str | Path, settings: Up
         "repo_id": repo_id, "repo_type": "model", "revision": revision, "endpoint": endpoint,
         "url": f"{endpoint}/{repo_id}" + ("" if revision == "main" else f"/tree/{revision}"),
         "commit_id": commit_id, "commit_url": commit_url, "committed": commit_url is not None,
-        "added": added, "updated": updated, "deleted": deleted,
+        "added": added, "updated": updated, "deleted": deleted, "kept": kept,
         "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files.values()],
+        "marker": {"path": MARKER, "size": marker.size, "sha256": marker.sha256},
     }
     write_json(out_receipt, receipt)
     log.info("%s@%s is at commit %s (%d files, %.1f MB) in %.1fs", repo_id, revision, commit_id, len(files),

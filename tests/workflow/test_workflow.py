@@ -303,18 +303,21 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_llama_source, tiny_corpus):
     assert neurons["kind"] == "neuron" and neurons["features"]
 
     # Rerun one layer: only it and what depends on it run again.
+    trained0 = tmp_path / "results/tiny/transcoders/training/layers_0-0/.snakemake_timestamp"
     layer0 = tmp_path / "results/tiny/transcoders/layer_0.safetensors"
     layer1 = tmp_path / "results/tiny/transcoders/layer_1.safetensors"
     shard1 = tmp_path / "results/tiny/activations/layer_1.parquet"
-    before = {p: p.stat().st_mtime_ns for p in (layer0, layer1, shard1)}
+    before = {p: p.stat().st_mtime_ns for p in (trained0, layer1, shard1)}
+    weights0 = layer0.read_bytes()
     rerun = snakemake(tmp_path, "--cores", "2", "results/graphs/", "--configfile", "tiny.yaml",
                       "--forcerun", "results/tiny/transcoders/training/layers_1-1")
     assert job_counts(rerun.stdout) == {"train_transcoders": 1, "write_transcoder_set": 1,
                                         "collect_features": 1, "attribute_prompt": 2, "select_features": 1,
                                         "classify_features": 1, "explain_features": 1, "score_explanations": 1,
                                         "assemble_graphs": 1, "link_graphs": 1, "total": 11}
-    assert layer0.stat().st_mtime_ns == before[layer0] and shard1.stat().st_mtime_ns == before[shard1]
-    assert layer1.stat().st_mtime_ns != before[layer1]
+    # layer 0's job did not run (its file is linked into place again, the same bytes)
+    assert trained0.stat().st_mtime_ns == before[trained0] and shard1.stat().st_mtime_ns == before[shard1]
+    assert layer0.read_bytes() == weights0 and layer1.stat().st_mtime_ns != before[layer1]
     assert "Nothing to be done" in snakemake(tmp_path, "-n", "results/graphs/", "--configfile", "tiny.yaml").stdout
 
 

@@ -140,11 +140,12 @@ snakemake --cores 8 --configfile my-judge.yaml interp     # my-judge.yaml: one o
 ```
 
 A remote `base_url` whose variable is unset stops the job before any request, naming the
-variable. Replies are cached in `results/<run>/interp/llm-cache.sqlite` (SQLite, WAL mode),
-keyed by the model, the messages and the sampling parameters, so a rerun or a crashed job
-pays for nothing twice; changing the judge or a prompt asks again. The cache file must be on
-a local disk (SQLite's WAL mode does not work over NFS): on a cluster, point `run`'s results
-at local scratch or give each node its own `results/` copy."""
+variable. Replies are cached in one SQLite file per LLM job,
+`results/<run>/interp/llm-cache/<stage>-<unit>.sqlite`, keyed by the judge (its model at its
+endpoint, or the local GGUF's hash), the messages and the sampling parameters, so a rerun or a
+crashed job pays for nothing twice; changing the judge or a prompt asks again. No two jobs
+share a cache file and each opens its own in exclusive mode (no shared-memory index), so the
+caches may sit on a cluster's network file system beside the other results."""
 
 EXPERT = """\
 ## Expert knobs

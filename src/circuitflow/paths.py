@@ -58,7 +58,9 @@ class RunPaths:
         self.graphs_hub = f"{results}/graphs-hub"
 
         self.interp = f"{results}/interp"
-        self.judge_cache = f"{self.interp}/llm-cache.sqlite"
+        # One response cache per LLM job ({stage}: classify, explain or score), so no SQLite file
+        # is ever open in two jobs (on a cluster, on two nodes over a network file system).
+        self.judge_cache = f"{self.interp}/llm-cache/{{stage}}-{{unit}}.sqlite"
         self.selection = f"{self.interp}/{{unit}}/selection.json"
         self.classifications = f"{self.interp}/{{unit}}/feature_classifications.json"
         self.explanations = f"{self.interp}/{{unit}}/autointerp.json"
@@ -81,6 +83,10 @@ class RunPaths:
         """What the judge's stages leave for one unit: classifications, explanations, scores."""
         return [pattern.format(unit=unit) for pattern in (self.classifications, self.explanations,
                                                            self.detection_scores)]
+
+    def judge_cache_of(self, stage: str, unit: str) -> str:
+        """The response cache of one LLM job: stage (classify, explain or score) and unit."""
+        return self.judge_cache.format(stage=stage, unit=unit)
 
     def usage_of(self, stage: str) -> str:
         """The token-usage file of an LLM stage (classify, explain or score), per unit."""

@@ -381,3 +381,34 @@ def test_the_local_judge_is_keyed_by_the_gguf_content_hashed_once(tmp_path):
     assert local_identity(one, cache).endswith(hashlib.sha256(b"GGUF quantised one way").hexdigest())
     os.utime(one, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
     assert local_identity(one, cache).endswith(hashlib.sha256(b"GGUF quantised 3rd way").hexdigest())
+
+
+def test_the_cache_needs_no_shared_memory_and_is_held_by_one_job(tmp_path):
+    """Exclusive locking before WAL: SQLite creates no -shm index (what fails across the nodes of
+    a network file system), and a second process cannot use a cache while its job holds it."""
+    from circuitflow.llm.cache import ResponseCache
+    from circuitflow.paths import RunPaths
+
+    paths = RunPaths(str(tmp_path / "results/run"))
+    caches = {paths.judge_cache_of(stage, unit) for stage in ("classify", "explain", "score")
+              for unit in ("features", "neurons")}
+    assert len(caches) == 6  # one per LLM job: no two jobs share a file
+    path = paths.judge_cache_of("classify", "features")
+    cache = ResponseCache(path)
+    try:
+        cache.put("k", "m", {"messages": []}, "reply", {})
+        assert cache.get("k")[0] == "reply"
+        assert not os.path.exists(path + "-shm")
+        probe = ("import sqlite3, sys\n"
+                 "db = sqlite3.connect(sys.argv[1], timeout=0.2)\n"
+                 "try:\n    db.execute('SELECT COUNT(*) FROM replies').fetchone()\n"
+                 "except sqlite3.OperationalError as error:\n    print(error)\n")
+        held = subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True, timeout=60)
+        assert "locked" in held.stdout, held
+    finally:
+        cache.close()
+    again = ResponseCache(path)  # released when its job closes it
+    try:
+        assert again.get("k")[0] == "reply"
+    finally:
+        again.close()

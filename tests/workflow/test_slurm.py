@@ -233,3 +233,41 @@ def test_workflow_on_slurm(tmp_path, tiny_llama_source, tiny_corpus, cluster):
         if local_run.poll() is None:
             local_run.kill()
             local_run.wait()
+
+
+def test_judge_jobs_on_slurm_keep_their_own_response_caches(tmp_path, tiny_llama_source, tiny_corpus, cluster):
+    """The LLM rules as SLURM jobs (classify and explain side by side, the local judge on the
+    node): each job keeps its own SQLite cache in the run's folder, in exclusive mode (no -shm
+    index, the part of WAL that network file systems break), and a rerun sends nothing."""
+    copy_workflow(tmp_path)
+    write_config(tmp_path / "tiny.yaml", tiny_config(tmp_path, tiny_llama_source, tiny_corpus))
+    profile, _ = cluster_profile(cluster)
+    (tmp_path / "profiles/slurm/config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    targets = [f"results/tiny/interp/neurons/{name}" for name in ("feature_classifications.json", "autointerp.json")]
+    args = ("--workflow-profile", "profiles/slurm", *targets, "--configfile", "tiny.yaml",
+            "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "6")
+    try:
+        run = snakemake(tmp_path, *args, env=cluster.env_for({}), timeout=900)
+        counts = job_counts(run.stdout)
+        assert counts["classify_features"] == counts["explain_features"] == 1
+        submitted = {row["JobID"]: row for row in cluster.sacct("JobID", "JobName", "State")}
+        assert submitted and all(row["State"] == "COMPLETED" for row in submitted.values()), submitted
+        caches = tmp_path / "results/tiny/interp/llm-cache"
+        assert sorted(p.name for p in caches.iterdir()) == ["classify-neurons.sqlite", "explain-neurons.sqlite",
+                                                             "local-judge.lock"]
+        assert not (tmp_path / "results/tiny/interp/llm-cache.sqlite").exists()
+        def usage(stage):
+            return json.loads((tmp_path / f"results/tiny/interp/neurons/{stage}.usage.json").read_text())
+
+        first = {stage: usage(stage) for stage in ("classify", "explain")}
+        assert all(u["requests"] > 0 and u["failed_requests"] == 0 for u in first.values()), first
+        rerun = snakemake(tmp_path, *args, "--forcerun", *targets, env=cluster.env_for({}), timeout=900)
+        assert job_counts(rerun.stdout)["classify_features"] == 1
+        # answered from each job's own cache (a JSON reply cut off at its max_tokens is never
+        # cached, so the local judge's explanations may ask a little again)
+        again = {stage: usage(stage) for stage in ("classify", "explain")}
+        assert again["classify"]["requests"] == 0 and again["classify"]["cache_hits"] > 0, again
+        assert again["explain"]["cache_hits"] > 0 and again["explain"]["requests"] <= first["explain"]["requests"]
+    except BaseException:
+        print(cluster.log_tails())
+        raise

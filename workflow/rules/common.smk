@@ -68,6 +68,11 @@ def transcoders_for_interp(wildcards):
     return [TRANSCODER_SET, *TRANSCODER_WEIGHTS]
 
 
+def judge_cache(stage):
+    """The response cache of the LLM job of `stage` for its unit (a params function)."""
+    return lambda wildcards: PATHS.judge_cache_of(stage, wildcards.unit)
+
+
 def hub_repo_inputs(wildcards):
     """What the published repo holds (fails naming hub.repo_id or hub.base_model when unset)."""
     return _hub_repo_inputs(config, PLAN)

@@ -1,7 +1,8 @@
 # The LLM judge's stages, for transcoder features and MLP neurons alike ({unit}):
 # select -> classify and explain -> score, then one table comparing them.
 # Each LLM job starts llama.cpp's server on a loopback port unless llm.base_url is set;
-# every request and reply is kept in one SQLite response cache (PATHS.judge_cache).
+# every request and reply is kept in the job's own SQLite response cache (PATHS.judge_cache),
+# which survives reruns (it is not an output) and is never shared by two jobs.
 
 
 rule select_features:
@@ -31,7 +32,7 @@ rule classify_features:
         usage=PATHS.usage_of("classify"),
     params:
         settings=settings("classify_features"),
-        cache=PATHS.judge_cache,
+        cache=judge_cache("classify"),
     log:
         job=f"{RESULTS}/logs/classify_features/{{unit}}.log",
         judge=f"{RESULTS}/logs/classify_features/{{unit}}.judge.log",
@@ -57,7 +58,7 @@ rule explain_features:
         usage=PATHS.usage_of("explain"),
     params:
         settings=settings("explain_features"),
-        cache=PATHS.judge_cache,
+        cache=judge_cache("explain"),
     log:
         job=f"{RESULTS}/logs/explain_features/{{unit}}.log",
         judge=f"{RESULTS}/logs/explain_features/{{unit}}.judge.log",
@@ -87,7 +88,7 @@ rule score_explanations:
         usage=PATHS.usage_of("score"),
     params:
         settings=settings("score_explanations"),
-        cache=PATHS.judge_cache,
+        cache=judge_cache("score"),
     log:
         job=f"{RESULTS}/logs/score_explanations/{{unit}}.log",
         judge=f"{RESULTS}/logs/score_explanations/{{unit}}.judge.log",

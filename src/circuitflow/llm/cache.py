@@ -1,4 +1,9 @@
-"""A persistent response cache: SQLite in WAL mode, safe for parallel jobs on one machine.
+"""A persistent response cache: SQLite, one file per LLM job, held by that job alone.
+
+Each job has its own file (circuitflow.paths: ``interp/llm-cache/<stage>-<unit>.sqlite``) and
+opens it in exclusive locking mode, so SQLite never creates the shared-memory index of WAL mode,
+the part that fails over NFS and other network file systems: a cluster job on any node can keep
+its cache beside the run's results. A second process opening a file in use waits, then fails.
 
 Keyed by a sha256 of the model's identity, the messages and the sampling parameters (never the
 endpoint's key), so a crashed or rerun job repays nothing it already received. Each reply is
@@ -54,6 +59,8 @@ class ResponseCache:
         self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
+            # Exclusive before WAL: no -shm shared-memory index, so no cross-host locking is needed.
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(SCHEMA)

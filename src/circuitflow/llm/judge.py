@@ -10,7 +10,7 @@ The response cache is keyed by the judge's identity: a remote model by its name 
 (circuitflow.llm.client), the local one by the GGUF's sha256 (`local_identity`), never by the
 loopback port or the alias it is served under.
 
-Only one local judge runs at a time per cache folder (a file lock beside the cache): two
+Only one local judge runs at a time per run (a file lock in the caches' folder): two
 llama.cpp servers on the same two cores made every request about four times slower
 (measured: 22 s per classification with classify and explain side by side, 6.5 s alone).
 """
@@ -35,7 +35,7 @@ log = logging.getLogger("circuitflow.llm")
 @contextlib.contextmanager
 def one_local_judge(cache_path: str | Path):
     """Wait until no other job of this run has its local judge up (released on exit or death)."""
-    lock_path = Path(cache_path).with_name(Path(cache_path).name + ".local-judge.lock")
+    lock_path = Path(cache_path).with_name("local-judge.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as handle:
         try:

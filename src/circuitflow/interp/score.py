@@ -48,8 +48,8 @@ from circuitflow.interp.metrics import auroc, binary_metrics, mean
 from circuitflow.interp.selection import load_selection
 from circuitflow.interp.uncertainty import pooled_intervals
 from circuitflow.io import read_json, write_json
-from circuitflow.logs import Progress
 from circuitflow.llm import judge_name
+from circuitflow.logs import Progress, pick_device
 
 log = logging.getLogger("circuitflow.interp")
 
@@ -259,7 +259,6 @@ def score_explanations(*, selection: str | Path, explanations: str | Path, featu
     embedder = None
     if embed and (items or graph_features):
         from circuitflow.interp.embedding import SentenceEmbedder
-        from circuitflow.logs import pick_device
 
         embedder = SentenceEmbedder(device=pick_device(settings.device))
     graph_records = (embed_graph_token_labels(graph_features, pool, embedder, settings)

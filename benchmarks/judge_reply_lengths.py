@@ -1,7 +1,7 @@
 """How many completion tokens the judge's JSON replies take, per stage, read from a run's
 response cache: the figures behind interp.classify_max_tokens and interp.explain_max_tokens.
 
-    python benchmarks/judge_reply_lengths.py results/smollm2-135m/interp/llm-cache.sqlite
+    python benchmarks/judge_reply_lengths.py results/smollm2-135m/interp/llm-cache/*.sqlite
 
 A reply is valid when it parses as a JSON object holding every field its schema requires; a
 reply that used its whole budget was cut off. The suggested budget is the longest valid reply
@@ -38,9 +38,16 @@ def is_valid(reply: str, schema: dict) -> bool:
     return isinstance(data, dict) and all(data.get(key) not in (None, "") for key in schema.get("required", []))
 
 
-def reply_lengths(cache_path: str) -> dict[str, dict]:
-    db = sqlite3.connect(f"file:{cache_path}?mode=ro", uri=True)
+def reply_lengths(cache_paths: list[str]) -> dict[str, dict]:
     stages: dict[str, dict] = {}
+    for cache_path in cache_paths:
+        db = sqlite3.connect(f"file:{cache_path}?mode=ro", uri=True)
+        _count_replies(db, stages)
+        db.close()
+    return stages
+
+
+def _count_replies(db: sqlite3.Connection, stages: dict[str, dict]) -> None:
     for request, reply, usage in db.execute("SELECT request, reply, usage FROM replies"):
         request, usage = json.loads(request), json.loads(usage)
         stage = stage_of(request.get("schema"))
@@ -54,16 +61,14 @@ def reply_lengths(cache_path: str) -> dict[str, dict]:
             row["cut_off"] += 1
         elif is_valid(reply, request["schema"]):
             row["valid"].append(tokens)
-    db.close()
-    return stages
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("cache", help="a run's interp/llm-cache.sqlite")
+    parser.add_argument("caches", nargs="+", help="a run's response caches, interp/llm-cache/*.sqlite")
     args = parser.parse_args()
     print("stage     replies  valid  cut off  longest valid  p95 valid  budget(s)  suggested")
-    for stage, row in sorted(reply_lengths(args.cache).items()):
+    for stage, row in sorted(reply_lengths(args.caches).items()):
         valid = sorted(row["valid"])
         longest = valid[-1] if valid else None
         p95 = valid[min(len(valid) - 1, math.ceil(0.95 * len(valid)) - 1)] if valid else None

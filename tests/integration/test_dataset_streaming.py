@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from circuitflow.config import PrepareDatasetSettings as DatasetSettings
-from circuitflow.data.dataset import DatasetError, Record, is_validation, prepare_dataset, read_records
+from circuitflow.data import dataset
+from circuitflow.data.dataset import (DatasetError, DiskSpaceError, Record, human_bytes, is_validation, prepare_dataset,
+                                      read_records, split_bytes)
 from circuitflow.data.prompts import PromptError, discover_prompts, read_prompt_text, tokenize_prompt
 from circuitflow.io import read_json
 
@@ -37,11 +39,11 @@ def write_jsonl(path, rows, tail: str = "") -> None:
         handle.write(tail)
 
 
-def run(model_dir, folder, settings) -> dict:
+def run(model_dir, folder, settings, **options) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     return prepare_dataset(model_dir=model_dir, out_train=folder / "train.parquet",
                            out_validation=folder / "validation.parquet", out_summary=folder / "summary.json",
-                           settings=settings)
+                           settings=settings, **options)
 
 
 def windows(folder, split: str = "train") -> list[dict]:
@@ -120,6 +122,41 @@ def test_whole_source_in_the_buffer_shuffles_all_windows_of_each_split(tmp_path,
         random.Random(f"3-{split}").shuffle(expected)
         expected = [{"seq": i, **w} for i, w in enumerate(expected[: -(-budget // 23)])]
         assert windows(tmp_path / "w", split) == expected
+
+
+def test_whole_source_split_is_written_a_block_at_a_time(tmp_path, tiny_model_dir, monkeypatch):
+    """Row groups of WINDOW_BLOCK windows, so that neither this job nor cache_activations, which
+    reads the split a row group at a time, holds the whole split (it was one row group)."""
+    corpus = tmp_path / "c.jsonl"
+    write_jsonl(corpus, synthetic_rows(600))
+    settings = DatasetSettings(source=str(corpus), context_length=24, train_tokens=460, validation_tokens=92, seed=3)
+    whole = run(tiny_model_dir, tmp_path / "whole", settings)
+    monkeypatch.setattr(dataset, "WINDOW_BLOCK", 6)
+    blocks = run(tiny_model_dir, tmp_path / "blocks", settings)
+    assert pq.ParquetFile(tmp_path / "blocks" / "train.parquet").metadata.num_row_groups == 4  # 20 windows
+    assert windows(tmp_path / "blocks") == windows(tmp_path / "whole")
+    assert blocks["splits"]["train"]["tokens_per_domain"] == whole["splits"]["train"]["tokens_per_domain"]
+
+
+def test_splits_that_do_not_fit_are_refused_before_any_write(tmp_path, tiny_model_dir):
+    corpus = tmp_path / "c.jsonl"
+    write_jsonl(corpus, synthetic_rows(3_000))
+    settings = DatasetSettings(source=str(corpus), context_length=32, train_tokens=3100, validation_tokens=310,
+                               shuffle_buffer=200)
+    estimate = split_bytes(100, 32) + split_bytes(10, 32)
+    with pytest.raises(DiskSpaceError, match=(
+            rf"^prepare_dataset would write about {human_bytes(estimate)} to .*, which has "
+            rf"{human_bytes(estimate - 1)} free; lower dataset.train_tokens or dataset.validation_tokens, "
+            r"or make room there$")):
+        run(tiny_model_dir, tmp_path / "out", settings, free_bytes=estimate - 1)
+    assert not list((tmp_path / "out").iterdir())
+    # by default the filesystem's real free space is checked; the estimate bounds what is written
+    run(tiny_model_dir, tmp_path / "out", settings)
+    written = sum((tmp_path / "out" / f"{split}.parquet").stat().st_size for split in ("train", "validation"))
+    assert written <= estimate
+    # a split without a budget is as large as the source: nothing to check in advance
+    run(tiny_model_dir, tmp_path / "all", DatasetSettings(**{**settings.__dict__, "validation_tokens": None}),
+        free_bytes=split_bytes(100, 32))
 
 
 def test_local_parquet_and_the_hub_branch_stream_the_same_records(tmp_path, tiny_model_dir):

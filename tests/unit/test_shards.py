@@ -1,4 +1,4 @@
-"""Activation shards: parquet round trip with exact values, atomic writes, corrupt shards."""
+"""Activation shards: parquet round trip with exact values, atomic writes, corrupt shards, the size estimate."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from circuitflow.activations import ActivationShard, ActivationShardError, ShardWriters, activation_schema
+from circuitflow.activations.shards import shard_bytes
 
 
 def test_parquet_round_trip_exact(tmp_path):
@@ -113,3 +114,27 @@ def test_shard_without_checksums_is_refused(tmp_path):
     pq.write_table(table, path)
     with pytest.raises(ActivationShardError, match="has no page checksums"):
         ActivationShard(path)
+
+
+@pytest.mark.parametrize("d_model, dtype, rows, row_group, batch", [
+    (64, "float16", 4000, 512, 120),  # the tiny model's shape
+    (576, "float32", 20_000, 8192, 1016),  # SmolLM2's width, the default row group, float32
+    (8, "float16", 10_000, 16, 5),  # many small row groups: the overhead dominates
+    (2048, "float16", 9000, 8192, 4000),  # wide vectors: one page per write batch
+])
+def test_shard_bytes_bounds_the_written_size(tmp_path, d_model, dtype, rows, row_group, batch):
+    """The estimate the disk check uses is an upper bound of what `ShardWriters` writes, and a close
+    one once the vectors outweigh parquet's headers."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "layer_0.parquet"
+    with ShardWriters({0: str(path)}, activation_schema(d_model, dtype), row_group) as writers:
+        for start in range(0, rows, batch):
+            n = min(batch, rows - start)
+            meta = {name: np.zeros(n, np.int32) for name in ("seq", "pos", "doc", "token")}
+            writers.append(0, meta, rng.standard_normal((n, d_model)).astype(dtype),
+                           rng.standard_normal((n, d_model)).astype(dtype))
+    written = path.stat().st_size
+    estimate = shard_bytes(rows, d_model, dtype, row_group)
+    assert written <= estimate
+    if d_model >= 64:
+        assert estimate < written * 1.03

@@ -37,6 +37,14 @@ VECTOR_COLUMNS = ("mlp_in", "mlp_out")
 
 CHECKSUM_KEY, CHECKSUM_VALUE = b"circuitflow.page_checksums", b"crc32"
 
+# Parquet's layout as `ShardWriters` writes it, for `shard_bytes`: a page ends only after a write
+# batch of rows (but the last of a column chunk), and costs a few dozen bytes of header; each column
+# chunk costs about 36 bytes and 100 in the footer, which also holds the schema (1.2 KB): measured.
+WRITE_BATCH_ROWS = 1024
+PAGE_OVERHEAD_BYTES = 64
+CHUNK_OVERHEAD_BYTES = 256
+FILE_OVERHEAD_BYTES = 16 << 10
+
 
 class ActivationShardError(ValueError):
     """A cached activation shard is missing, truncated or corrupt."""
@@ -56,6 +64,16 @@ def activation_schema(d_model: int, dtype: str) -> pa.Schema:
         pa.field("mlp_in", pa.binary(width), metadata=meta),
         pa.field("mlp_out", pa.binary(width), metadata=meta),
     ], metadata={CHECKSUM_KEY: CHECKSUM_VALUE})
+
+
+def shard_bytes(rows: int, d_model: int, dtype: str, row_group_tokens: int) -> int:
+    """Upper bound of the size of one layer's shard of `rows` tokens: the vectors and the int32
+    columns as they are stored (uncompressed), plus parquet's page headers, levels and footer."""
+    widths = [4, 4, 4, 4] + [d_model * np.dtype(dtype).itemsize] * len(VECTOR_COLUMNS)
+    row_groups = -(-rows // row_group_tokens)  # `ShardWriters` closes a row group once it holds row_group_tokens
+    pages = len(widths) * (rows // WRITE_BATCH_ROWS + row_groups)
+    return (rows * sum(widths) + pages * PAGE_OVERHEAD_BYTES + row_groups * len(widths) * CHUNK_OVERHEAD_BYTES
+            + FILE_OVERHEAD_BYTES)
 
 
 def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeBinaryArray:
@@ -87,7 +105,7 @@ class ShardWriters:
             tmp = context.__enter__()
             self.writers[layer] = pq.ParquetWriter(
                 tmp, self.schema, compression="none", use_dictionary=False, write_statistics=False,
-                write_page_checksum=True)
+                write_page_checksum=True, write_batch_size=WRITE_BATCH_ROWS)
         return self
 
     def append(self, layer: int, meta: dict, x: np.ndarray, y: np.ndarray) -> None:

@@ -30,13 +30,15 @@ records, so memory is bounded by the buffer, whatever the size of the corpus:
 
 - when the whole source fits in the buffer, each split is packed in source order and its
   windows are shuffled with the seed and cut to the token budget (every window of the split
-  is equally likely to be chosen);
+  is equally likely to be chosen), then written in row groups of `WINDOW_BLOCK`;
 - otherwise a record leaves the buffer at a seeded random slot each time a new one comes in,
   and is tokenized and packed as it leaves; each split's windows are shuffled (with the seed)
   in blocks of `WINDOW_BLOCK` and written block by block, and reading stops as soon as both
   splits hold their token budgets (`dataset.train_tokens`, `dataset.validation_tokens`).
 
-Both modes are deterministic for a given seed and source.
+Both modes are deterministic for a given seed and source. Readers of a split (`iter_windows`)
+hold one row group at a time. Before anything is written, the splits that have a token budget
+are checked against the free space of their filesystem (`require_free_space`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import json
 import logging
 import lzma
 import random
+import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from circuitflow.config import PrepareDatasetSettings
@@ -333,10 +337,10 @@ class _Packer:
 
 
 def _whole_split_windows(records: list[Record], tokenizer, context_length: int, budget: int | None,
-                         rng: random.Random) -> list[dict]:
+                         rng: random.Random) -> Iterator[dict]:
     """The source fits in the buffer: pack the split in source order, shuffle its windows with
-    `rng` and keep the budget's worth. Only the kept windows are materialized; the rest is
-    held as int32 arrays."""
+    `rng` and keep the budget's worth. The split is held as int32 arrays and each kept window
+    is materialized only when it is consumed."""
     bos, sep = _window_tokens(tokenizer)
     body = usable_positions(context_length)
     by_domain: dict[str, list[Record]] = defaultdict(list)
@@ -362,15 +366,13 @@ def _whole_split_windows(records: list[Record], tokenizer, context_length: int, 
     rng.shuffle(order)  # the same permutation as shuffling the window list itself
     if budget is not None:
         order = order[: -(-budget // body)]
-    windows = []
     for index in order:
         which = bisect.bisect_right(starts, index) - 1
         domain, tokens, docs = streams[which]
         offset = (index - starts[which]) * body
-        windows.append({"domain": domain,
-                        "tokens": [bos] + tokens[offset:offset + body].tolist(),
-                        "docs": [-1] + docs[offset:offset + body].tolist()})
-    return windows
+        yield {"domain": domain,
+               "tokens": [bos] + tokens[offset:offset + body].tolist(),
+               "docs": [-1] + docs[offset:offset + body].tolist()}
 
 
 # --------------------------------------------------------------------------- streaming
@@ -447,13 +449,16 @@ class _SplitOutput:
             self.writer = pq.ParquetWriter(self.path, WINDOW_SCHEMA)
         self.writer.write_table(table, row_group_size=len(windows))
 
-    def write_whole(self, windows: list[dict]) -> None:
-        """All windows at once, exactly as the whole-source mode always wrote them."""
-        for seq, window in enumerate(windows):
-            window["seq"] = seq
-        self.written = len(windows)
-        self.domains.update(w["domain"] for w in windows)
-        pq.write_table(pa.Table.from_pylist(windows, schema=WINDOW_SCHEMA), self.path)
+    def write_whole(self, windows: Iterator[dict]) -> None:
+        """The windows in the order given, in row groups of `WINDOW_BLOCK` (so neither this job
+        nor a reader of the split holds more than a block of them)."""
+        block = []
+        for window in windows:
+            block.append(window)
+            if len(block) >= WINDOW_BLOCK:
+                self.write(block)
+                block = []
+        self.write(block)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -487,8 +492,9 @@ class _Router:
 
 
 def prepare_dataset(*, model_dir: str | Path, out_train: str | Path, out_validation: str | Path,
-                    out_summary: str | Path, settings: PrepareDatasetSettings) -> dict:
-    """Stream, split, tokenize and write both splits plus a JSON summary."""
+                    out_summary: str | Path, settings: PrepareDatasetSettings, free_bytes: int | None = None) -> dict:
+    """Stream, split, tokenize and write both splits plus a JSON summary (refused before anything
+    is written when the budgeted splits would not fit in the free space: `require_free_space`)."""
     from circuitflow.model.loading import load_tokenizer
 
     max_positions = read_model_facts(model_dir).context_length
@@ -500,6 +506,7 @@ def prepare_dataset(*, model_dir: str | Path, out_train: str | Path, out_validat
     bos, sep = _window_tokens(tokenizer)
     body = usable_positions(settings.context_length)
     budgets = {"train": settings.train_tokens, "validation": settings.validation_tokens}
+    _require_split_space(settings, {"train": out_train, "validation": out_validation}, free_bytes)
     buffer = ShuffleBuffer(settings.shuffle_buffer, random.Random(f"{settings.seed}-shuffle"))
     read = 0
     exhausted = True
@@ -571,9 +578,115 @@ def prepare_dataset(*, model_dir: str | Path, out_train: str | Path, out_validat
     return summary
 
 
+def _require_split_space(settings: PrepareDatasetSettings, outputs: dict[str, str | Path],
+                         free_bytes: int | None) -> None:
+    body = usable_positions(settings.context_length)
+    needs = {}
+    for name, path in outputs.items():
+        budget = getattr(settings, f"{name}_tokens")
+        if budget is None:  # the whole source: its size is known only once it is read
+            log.info("%s split: no token budget, so its size follows the source (not checked in advance)", name)
+        else:
+            needs[path] = split_bytes(-(-budget // body), settings.context_length)
+    require_free_space(needs, "prepare_dataset", "dataset.train_tokens or dataset.validation_tokens", free_bytes)
+
+
 def read_windows(path: str | Path) -> pa.Table:
     """Read a split written by `prepare_dataset`."""
     try:
         return pq.read_table(path, schema=WINDOW_SCHEMA)
     except (pa.ArrowInvalid, OSError) as error:
         raise DatasetError(f"dataset split {path} is unreadable: {error}") from error
+
+
+def _open_split(path: str | Path) -> pq.ParquetFile:
+    try:
+        handle = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        raise DatasetError(f"dataset split {path} is unreadable: {error}") from error
+    schema = handle.schema_arrow
+    wrong = [f.name for f in WINDOW_SCHEMA if f.name not in schema.names or schema.field(f.name).type != f.type]
+    if wrong:
+        expected = ", ".join(f"{f.name}: {f.type}" for f in WINDOW_SCHEMA)
+        raise DatasetError(f"dataset split {path}: columns {wrong} are missing or not of the types "
+                           f"prepare_dataset writes ({expected}); prepare it again")
+    return handle
+
+
+def split_shape(path: str | Path) -> tuple[int, int]:
+    """(windows, context length) of a split written by `prepare_dataset`, read from its footer and
+    first window."""
+    handle = _open_split(path)
+    first = next(handle.iter_batches(batch_size=1, columns=["tokens"]), None)
+    if first is None or not first.num_rows:
+        raise DatasetError(f"dataset split {path} holds no windows; prepare it again with more text")
+    return handle.metadata.num_rows, len(first.column(0)[0])
+
+
+def iter_windows(path: str | Path, batch_windows: int, context_length: int
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(seq, tokens, docs) of `batch_windows` windows at a time, tokens and docs as
+    [windows, context_length] int32 arrays: memory is bounded by one row group of the split,
+    however long the split is."""
+    handle = _open_split(path)
+    for batch in handle.iter_batches(batch_size=batch_windows, columns=["seq", "tokens", "docs"]):
+        yield (batch.column("seq").to_numpy(), _rectangular(batch.column("tokens"), context_length, path),
+               _rectangular(batch.column("docs"), context_length, path))
+
+
+def _rectangular(column: pa.ListArray, context_length: int, path) -> np.ndarray:
+    values = column.flatten()
+    if column.null_count or len(values) != len(column) * context_length or \
+            not pc.all(pc.equal(pc.list_value_length(column), context_length)).as_py():
+        raise DatasetError(f"dataset split {path}: its windows are not all {context_length} tokens long; "
+                           "prepare it again")
+    return values.to_numpy().reshape(len(column), context_length)
+
+
+# --------------------------------------------------------------------------- disk space
+
+
+class DiskSpaceError(ValueError):
+    """A job's outputs would not fit in the free space of the filesystem they go to."""
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _existing_folder(path: Path) -> Path:
+    """The output's folder, or its nearest existing ancestor (outputs' folders are made on write)."""
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    return folder
+
+
+def require_free_space(needs: dict[str | Path, int], what: str, lower: str, free_bytes: int | None = None) -> None:
+    """Refuse, before anything is written, outputs (path -> estimated bytes) that do not fit in the
+    free space of their filesystem. `free_bytes` stands in for what the filesystem reports."""
+    per_filesystem: dict[int, list] = {}
+    for path, size in needs.items():
+        folder = _existing_folder(Path(path))
+        per_filesystem.setdefault(folder.stat().st_dev, [folder, 0])[1] += size
+    for folder, needed in per_filesystem.values():
+        free = shutil.disk_usage(folder).free if free_bytes is None else free_bytes
+        if needed > free:
+            raise DiskSpaceError(f"{what} would write about {human_bytes(needed)} to {folder}, which has "
+                                 f"{human_bytes(free)} free; lower {lower}, or make room there")
+        log.info("%s: about %s to write to %s (%s free)", what, human_bytes(needed), folder, human_bytes(free))
+
+
+SPLIT_WINDOW_BYTES = 64  # per window beyond its token ids and doc indices: seq, domain, list levels
+SPLIT_FILE_BYTES = 64 << 10  # footer and row group metadata of a split file
+
+
+def split_bytes(windows: int, context_length: int) -> int:
+    """Upper bound of the size of a split file of `windows` windows: tokens and docs as plain int32
+    (parquet's encodings usually make docs much smaller)."""
+    blocks = -(-windows // WINDOW_BLOCK)
+    return windows * (8 * context_length + SPLIT_WINDOW_BYTES) + blocks * 1024 + SPLIT_FILE_BYTES

@@ -341,3 +341,20 @@ def test_chat_prompt_needs_a_chat_template(tmp_path, tiny_model_dir):
     tokenizer.chat_template = "{{ raise_exception('Conversation roles must alternate') }}"
     with pytest.raises(PromptError, match=r"q.json: the chat template rejects it \(Conversation roles must"):
         tokenize_prompt("q", str(prompt), read_prompt_text(str(prompt)), tokenizer, True, 2048)
+
+
+def test_special_token_strings_in_text_stay_text(smollm2_tokenizer, tmp_path):
+    """"<|im_end|>" written inside a corpus record or a text prompt is tokenized as text, never
+    as the control token; a chat's rendered template keeps its real special tokens."""
+    from circuitflow.data.dataset import Record, _encode
+
+    end = smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    text = "Close the tag <|im_end|> and go on"
+    chat = smollm2_tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    plain_ids, chat_ids = _encode(smollm2_tokenizer, [Record(0, text, "web"), Record(1, chat, "chat", chat=True)])
+    assert end not in plain_ids and "<|im_end|>" in smollm2_tokenizer.decode(plain_ids)
+    assert end in chat_ids
+    (tmp_path / "tag.txt").write_text(text + " now")
+    prompt = tokenize_prompt("tag", str(tmp_path / "tag.txt"), read_prompt_text(str(tmp_path / "tag.txt")),
+                             smollm2_tokenizer, True, 2048)
+    assert end not in prompt.input_ids and prompt.target_token == " now"

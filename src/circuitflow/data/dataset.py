@@ -102,6 +102,7 @@ class Record:
     index: int
     text: str
     domain: str
+    chat: bool = False  # rendered with the chat template: its special tokens are meant
 
 
 # --------------------------------------------------------------------------- reading
@@ -251,7 +252,7 @@ def iter_records(settings: PrepareDatasetSettings, tokenizer=None) -> Iterator[R
         if not isinstance(text, str) or not text.strip():
             continue
         domain = row.get(settings.domain_field) if settings.domain_field else None
-        yield Record(i, text, str(domain) if domain is not None else "unknown")
+        yield Record(i, text, str(domain) if domain is not None else "unknown", chat=chat_name is not None)
 
 
 def _render_record(value: list, name: str, index: int, tokenizer, settings: PrepareDatasetSettings) -> str:
@@ -305,9 +306,18 @@ def _window_tokens(tokenizer) -> tuple[int, int | None]:
 
 
 def _encode(tokenizer, records: list[Record]) -> list[list[int]]:
-    if not records:
-        return []
-    return tokenizer([r.text for r in records], add_special_tokens=False)["input_ids"]
+    """Each record's token ids. Plain text stays text: a special token's string inside it
+    ("<|im_end|>" in a scraped page) is tokenized like other text, never read as the control
+    token; a rendered chat keeps the special tokens its template wrote."""
+    ids: list[list[int] | None] = [None] * len(records)
+    for chat in (False, True):
+        picked = [i for i, record in enumerate(records) if record.chat == chat]
+        if picked:
+            encoded = tokenizer([records[i].text for i in picked], add_special_tokens=False,
+                                split_special_tokens=not chat)["input_ids"]
+            for i, record_ids in zip(picked, encoded):
+                ids[i] = record_ids
+    return ids
 
 
 class _Packer:

@@ -192,9 +192,12 @@ def tokenize_prompt(slug: str, origin: str, text: str, tokenizer, drop_last_toke
 
     `text` is what `read_prompt_text` returned; a chat prompt file (``.json``) is rendered with
     the chat template first, and the rendered text is what the Prompt keeps."""
-    if is_chat_prompt(origin):
+    chat = is_chat_prompt(origin)
+    if chat:
         text = render_chat_prompt(origin, text, tokenizer, drop_last_token_as_target)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    # A text prompt is text: "<|im_end|>" in it is not the control token (a chat prompt's
+    # template writes the special tokens it means).
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=not chat)["input_ids"]
     target_id = target_token = None
     if drop_last_token_as_target:
         if len(ids) < 2:

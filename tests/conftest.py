@@ -196,3 +196,13 @@ def copy_workflow(dst: Path) -> Path:
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
     return dst
+
+
+def placed(feature_dir: Path, cantor_id: int) -> Path:
+    """A feature file's path in collect_features' layout (circuitflow.features.ids.feature_file),
+    its folder created, for tests that write feature files by hand."""
+    from circuitflow.features.ids import feature_file
+
+    path = feature_file(feature_dir, cantor_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

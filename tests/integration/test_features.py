@@ -15,6 +15,7 @@ from circuitflow.config import PrepareDatasetSettings as DatasetSettings
 from circuitflow.config import WriteTranscoderSetSettings
 from circuitflow.data import prepare_dataset
 from circuitflow.features import FeatureRequestError, cantor, collect_features, collect_neurons
+from circuitflow.features.ids import FEATURES_PER_FOLDER, feature_file, feature_files
 from circuitflow.features.render import logit_lens
 from circuitflow.features.statistics import TopSlots
 from circuitflow.io import write_json
@@ -82,7 +83,8 @@ def test_collect_features_schema_and_exact_values(tiny_setup, tiny_model_dir):
     meta = collect_features(model_dir=tiny_model_dir, transcoder_set=tiny_setup / "tc" / "config.yaml",
                             validation_split=tiny_setup / "validation.parquet", out_dir=out,
                             out_metadata=tiny_setup / "feature_metadata.json", settings=SETTINGS)
-    files = sorted(out.glob("*.json"))
+    files = feature_files(out)
+    assert all(len(list(p.parent.iterdir())) <= FEATURES_PER_FOLDER for p in files)
     assert len(files) == len(meta["features"]) == 96 - sum(meta["dead_features_per_layer"].values())
     assert meta["total_tokens"] == 620 and sum(meta["tokens_per_domain"].values()) == 620
 
@@ -98,7 +100,7 @@ def test_collect_features_schema_and_exact_values(tiny_setup, tiny_model_dir):
         acts[:, 0] = 0
 
     entry = max((f for f in meta["features"] if f["layer"] == 1), key=lambda f: f["activation_count"])
-    data = json.loads((out / f"{entry['cantor_id']}.json").read_text())
+    data = json.loads(feature_file(out, entry["cantor_id"]).read_text())
     feature = entry["feature"]
     assert data["index"] == cantor(1, feature) and data["layer"] == 1 and data["transcoder_id"] == "tiny-transcoders/1"
     column = acts[..., feature]
@@ -149,7 +151,7 @@ def test_collection_is_deterministic(tiny_setup, tiny_model_dir):
         collect_features(model_dir=tiny_model_dir, transcoder_set=tiny_setup / "tc" / "config.yaml",
                          validation_split=tiny_setup / "validation.parquet", out_dir=tiny_setup / name,
                          out_metadata=tiny_setup / f"{name}.json", settings=SETTINGS)
-        outs.append({p.name: p.read_bytes() for p in (tiny_setup / name).glob("*.json")})
+        outs.append({p.name: p.read_bytes() for p in feature_files(tiny_setup / name)})
     assert outs[0] == outs[1]
 
 
@@ -166,7 +168,7 @@ def test_neuron_baseline(tiny_setup, tiny_model_dir):
     per_layer = [f for f in features if f["layer"] == 0]
     assert {f["feature"] for f in per_layer} <= set(sample.tolist())
     assert len(per_layer) + meta["dead_features_per_layer"]["0"] == 16
-    data = json.loads((tiny_setup / "neurons" / f"{per_layer[0]['cantor_id']}.json").read_text())
+    data = json.loads(feature_file(tiny_setup / "neurons", per_layer[0]["cantor_id"]).read_text())
     assert data["is_neuron"] and data["index"] == cantor(0, data["feature"])
     directions = model.model.layers[0].mlp.down_proj.weight.T[data["feature"]][None]
     _, ids, _, _ = logit_lens(model, directions, 10)
@@ -184,8 +186,8 @@ def test_layer_subset_keeps_layer_numbers(tiny_setup, tiny_model_dir, tmp_path):
     collect_features(model_dir=tiny_model_dir, transcoder_set=tiny_setup / "tc" / "config.yaml",
                      validation_split=tiny_setup / "validation.parquet", out_dir=tmp_path / "full",
                      out_metadata=tmp_path / "full.json", settings=SETTINGS)
-    name = f"{meta['features'][0]['cantor_id']}.json"
-    subset, full = (json.loads((tmp_path / folder / name).read_text()) for folder in ("f", "full"))
+    cantor_id = meta["features"][0]["cantor_id"]
+    subset, full = (json.loads(feature_file(tmp_path / folder, cantor_id).read_text()) for folder in ("f", "full"))
     assert subset["layer"] == 1 and subset["transcoder_id"] == "tiny-transcoders/1"
     # same weights as layer 1 of the full set: the same feature (the seeded samples draw from one
     # generator across layers, so only the sampled example groups may differ)

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from circuitflow.config import ConfigError, ImportTranscoderSetSettings
+from circuitflow.features.ids import feature_files
 from circuitflow.transcoders import read_transcoder_set
 from circuitflow.transcoders.imported import (
     PublishedSetError,
@@ -262,7 +263,7 @@ def test_fidelity_and_features_of_an_imported_set(tmp_path, tiny_model_dir, tiny
                                 settings=CollectFeaturesSettings(layers=(0, 1), source_id="imported", batch_size=4,
                                                                  top_k=3, n_quantiles=2, examples_per_quantile=1,
                                                                  n_random=1, histogram_bins=5, device="cpu"))
-    assert list((tmp_path / "features").glob("*.json")) and metadata
+    assert feature_files(tmp_path / "features") and metadata
 
 
 def test_gemmascope_style_set_fetches_files_of_another_repo(tmp_path, monkeypatch, tiny_model_dir):

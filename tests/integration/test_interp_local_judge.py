@@ -18,6 +18,7 @@ from circuitflow.config import (
     SelectFeaturesSettings,
 )
 from circuitflow.features import collect_features
+from circuitflow.features.ids import feature_file, feature_files
 from circuitflow.interp import classify_features, explain_features, score_explanations, select_features
 from circuitflow.interp.examples import explainer_examples, held_out_positives
 from circuitflow.interp.judge_prompts import EXPLANATION_SYSTEM
@@ -118,7 +119,7 @@ def test_graph_features_token_labels_get_embedding_scores_without_a_chat_model(c
     influential first), and the node's label shows that score. No chat request is sent."""
     selection = json.loads((collected / "selection.json").read_text())
     judged = {f["cantor_id"] for f in selection["features"]}
-    ranked = sorted(int(p.stem) for p in (collected / "json").glob("*.json") if int(p.stem) not in judged)[:6]
+    ranked = sorted(int(p.stem) for p in feature_files(collected / "json") if int(p.stem) not in judged)[:6]
     (tmp_path / "selection.json").write_text(json.dumps({**selection, "features": [], "graph_features": ranked}))
     (tmp_path / "autointerp.json").write_text(json.dumps({"features": []}))
     server = ScriptedServer(default=lambda body: ("reply", "no"))
@@ -145,7 +146,7 @@ def test_graph_features_token_labels_get_embedding_scores_without_a_chat_model(c
     assert graph["summary"]["n_features"] == len(graph["features"])
     labels = FeatureLabels.load(None, None, tmp_path / "scores.json")
     record = graph["features"][0]
-    feature = json.loads((collected / "json" / f"{record['cantor_id']}.json").read_text())
+    feature = json.loads(feature_file(collected / "json", record["cantor_id"]).read_text())
     fields = labels.fields(record["cantor_id"], feature)
     assert fields["explanation_source"] == "trivial" and "detection_score" not in fields
     assert fields["embedding_score"] == record["scores"]["trivial"]["embedding"]["auroc"]

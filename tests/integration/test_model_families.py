@@ -38,6 +38,7 @@ from circuitflow.config import (
 )
 from circuitflow.data.dataset import read_windows
 from circuitflow.features import collect_features
+from circuitflow.features.ids import feature_files
 from circuitflow.model import load_model, prepare_model, read_model_facts
 from circuitflow.model.hooks import decoder_layers, mlp_recorder
 from circuitflow.transcoders import evaluate_transcoders, train_transcoder, write_transcoder_set
@@ -138,8 +139,8 @@ def test_features_and_fidelity(family):
     metadata = collect_features(model_dir=model_dir, transcoder_set=family["set"],
                                 validation_split=tmp / "validation.parquet", out_dir=tmp / "features",
                                 out_metadata=tmp / "feature_metadata.json", settings=settings)
-    assert metadata["features"] and len(list((tmp / "features").glob("*.json"))) == len(metadata["features"])
-    some = json.loads(next((tmp / "features").glob("*.json")).read_text())
+    assert metadata["features"] and len(feature_files(tmp / "features")) == len(metadata["features"])
+    some = json.loads(feature_files(tmp / "features")[0].read_text())
     assert some["examples_quantiles"] and some["top_logits"]
 
     result = evaluate_transcoders(model_dir=model_dir, transcoder_set=family["set"],

@@ -15,6 +15,8 @@ from circuitflow.features import cantor
 from circuitflow.io import atomic_path, write_json
 from circuitflow.model import ModelSourceError, read_model_facts
 
+from ..conftest import placed
+
 
 def test_non_utf8_prompt_file_is_named(tmp_path):
     prompt = tmp_path / "latin1.txt"
@@ -81,9 +83,9 @@ def write_graph_inputs(folder, feature_text: str | None = None):
     features = folder / "features"
     features.mkdir()
     for layer, feature in ((0, 3), (1, 2)):
-        (features / f"{cantor(layer, feature)}.json").write_text(json.dumps({"layer": layer, "feature": feature}))
+        placed(features, cantor(layer, feature)).write_text(json.dumps({"layer": layer, "feature": feature}))
     if feature_text is not None:
-        (features / f"{cantor(1, 2)}.json").write_text(feature_text)
+        placed(features, cantor(1, 2)).write_text(feature_text)
     return [folder / "g.json"], [folder / "g.metadata.json"], [folder / "g.scores.json"], features
 
 
@@ -94,7 +96,7 @@ def test_graph_folder_holds_checked_copies(tmp_path):
                               out_dir=out)
     assert summary["features"] == 2
     published = out / "features" / f"{cantor(1, 2)}.json"
-    source = features / published.name
+    source = placed(features, cantor(1, 2))
     assert os.stat(published).st_ino != os.stat(source).st_ino  # a copy, not a hard link
     source.write_text('{"layer": 1, "feature": 2, "changed": true}')
     assert "changed" not in published.read_text()

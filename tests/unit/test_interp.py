@@ -14,7 +14,7 @@ import pytest
 
 from circuitflow.config import ClassifyFeaturesSettings, ExplainFeaturesSettings, LLMSettings, ScoreExplanationsSettings
 from circuitflow.config import SelectFeaturesSettings
-from circuitflow.features.ids import cantor
+from circuitflow.features.ids import cantor, feature_files
 from circuitflow.interp import classify_features, explain_features, select_features
 from circuitflow.interp.examples import Snippet, explainer_examples, held_out_positives, trivial_explanation
 from circuitflow.interp.labels import FeatureLabels, node_label
@@ -22,6 +22,7 @@ from circuitflow.interp.metrics import auroc, binary_metrics
 from circuitflow.interp.score import read_answer, score_one, yes_probability
 from circuitflow.llm import LLMClient, LLMError, open_judge
 
+from ..conftest import placed
 from ..llm_server import ScriptedServer
 
 
@@ -135,7 +136,7 @@ def write_feature(folder, layer, feature, n_top=6, n_quantile=4, freq=0.01):
             "examples_quantiles": [{"quantile_name": "Top activations", "examples": top},
                                    {"quantile_name": "Quantile 0-33% (activation 0.1-2.0)", "examples": low},
                                    {"quantile_name": "Random samples", "examples": top[:2] + low[:1]}]}
-    (folder / f"{data['index']}.json").write_text(json.dumps(data))
+    placed(folder, data["index"]).write_text(json.dumps(data))
     return {"layer": layer, "feature": feature, "cantor_id": data["index"], "activation_freq": freq}
 
 
@@ -173,7 +174,7 @@ def test_selection_samples_per_layer_adds_graph_nodes_and_counts_skips(feature_d
 
 
 def test_scoring_positives_never_repeat_what_the_explainer_saw(feature_dir):
-    feature = json.loads((feature_dir / f"{cantor(0, 1)}.json").read_text())
+    feature = json.loads(placed(feature_dir, cantor(0, 1)).read_text())
     shown = explainer_examples(feature, 6)
     positives = held_out_positives(feature, 5, shown, seed=0)
     assert positives and not {s.key for s in shown} & {s.key for s in positives}
@@ -276,15 +277,15 @@ def test_explanations_drop_markers_and_fall_back_to_the_trivial_one(feature_dir,
     assert [r["description"] for r in result["features"]] == ["the token here at the end"] * 2
     labels = FeatureLabels.load(tmp_path / "autointerp.json", None, None)
     record = result["features"][0]
-    feature = json.loads((feature_dir / f"{record['cantor_id']}.json").read_text())
+    feature = json.loads(placed(feature_dir, record['cantor_id']).read_text())
     # explained but not scored: no evidence that it beats the token label, so the token label shows
     fields = labels.fields(record["cantor_id"], feature)
     assert fields["explanation_source"] == "trivial" and fields["explanation"] == trivial_explanation(feature)
     assert fields["llm_explanation"] == "the token here at the end"
     assert fields["label_rule"] == "LLM explanation not scored against the token label"
     explained = {r["cantor_id"] for r in result["features"]}
-    unexplained = min(int(path.stem) for path in feature_dir.glob("*.json") if int(path.stem) not in explained)
-    other = json.loads((feature_dir / f"{unexplained}.json").read_text())
+    unexplained = min(int(path.stem) for path in feature_files(feature_dir) if int(path.stem) not in explained)
+    other = json.loads(placed(feature_dir, unexplained).read_text())
     fields = labels.fields(unexplained, other)
     assert fields["explanation_source"] == "trivial" and node_label(fields) == trivial_explanation(other)
 

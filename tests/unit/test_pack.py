@@ -13,6 +13,9 @@ import pytest
 
 from circuitflow.features import PackError, cantor, cantor_unpair, read_packed_feature
 from circuitflow.features import pack_feature_folder as pack_folder
+from circuitflow.features.ids import feature_files
+
+from ..conftest import placed
 
 N_LAYERS, N_FEATURES = 3, 50
 LAYERS = list(range(N_LAYERS))
@@ -80,9 +83,9 @@ def features(tmp_path) -> Path:
             if rng.random() < 0.5:
                 obj = feature_json(layer, feature, rng)
                 text = json.dumps(obj, indent=rng.choice([None, 1, 2]), ensure_ascii=rng.random() < 0.5)
-                (folder / f"{cantor(layer, feature)}.json").write_text(text, encoding="utf-8")
+                placed(folder, cantor(layer, feature)).write_text(text, encoding="utf-8")
     # The last feature of the last layer, so the final offsets end at a live entry.
-    last = folder / f"{cantor(N_LAYERS - 1, N_FEATURES - 1)}.json"
+    last = placed(folder, cantor(N_LAYERS - 1, N_FEATURES - 1))
     last.write_text(json.dumps(feature_json(N_LAYERS - 1, N_FEATURES - 1, rng)), encoding="utf-8")
     return folder
 
@@ -95,7 +98,7 @@ def test_pack_round_trip(features, tmp_path):
     packed = tmp_path / "packed"
     summary = pack_folder(features, packed, LAYERS, N_FEATURES)
 
-    files = sorted(features.glob("*.json"))
+    files = feature_files(features)
     assert summary["n_packed"] == len(files)
     assert summary["json_bytes"] == sum(p.stat().st_size for p in files)
     assert summary["layer_bytes"] == [(packed / f"layer_{i}.bin").stat().st_size for i in range(N_LAYERS)]
@@ -113,14 +116,14 @@ def test_pack_round_trip(features, tmp_path):
         assert offsets == sorted(offsets)
         assert offsets[-1] == (packed / f"layer_{layer}.bin").stat().st_size
         for feature in range(N_FEATURES):
-            live = (features / f"{cantor(layer, feature)}.json").exists()
+            live = placed(features, cantor(layer, feature)).exists()
             assert (offsets[feature + 1] > offsets[feature]) == live
 
     rng = random.Random(1)
     pairs = [(rng.randrange(N_LAYERS), rng.randrange(N_FEATURES)) for _ in range(30)]
     n_live = 0
     for layer, feature in pairs:
-        source = features / f"{cantor(layer, feature)}.json"
+        source = placed(features, cantor(layer, feature))
         decoded = read_packed_feature(packed, layer, feature)
         if source.exists():
             n_live += 1
@@ -155,7 +158,7 @@ def test_entry_byte_layout(features, tmp_path):
     assert entry[7] & 0x08 == 0  # FNAME flag clear: no file name in the header
     assert entry[8:12] == b"\0\0\0\0"  # mtime 0
     payload = gzip.decompress(entry[4:])
-    source = json.loads((features / f"{cantor(0, feature)}.json").read_text(encoding="utf-8"))
+    source = json.loads(placed(features, cantor(0, feature)).read_text(encoding="utf-8"))
     assert payload == json.dumps(source, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -167,10 +170,11 @@ def test_pack_is_byte_reproducible(features, tmp_path):
     # Same content, different formatting and mtimes.
     copy = tmp_path / "copy"
     copy.mkdir()
-    for path in sorted(features.iterdir()):
+    for path in feature_files(features):
         obj = json.loads(path.read_text(encoding="utf-8"))
-        (copy / path.name).write_text(json.dumps(obj, indent=4, ensure_ascii=True) + "\n", encoding="utf-8")
-        os.utime(copy / path.name, (1_000_000, 1_000_000))
+        target = placed(copy, int(path.stem))
+        target.write_text(json.dumps(obj, indent=4, ensure_ascii=True) + "\n", encoding="utf-8")
+        os.utime(target, (1_000_000, 1_000_000))
     pack_folder(copy, third, LAYERS, N_FEATURES)
 
     names = ["index.json.gz"] + [f"layer_{i}.bin" for i in range(N_LAYERS)]
@@ -190,7 +194,7 @@ def test_existing_output_is_replaced(features, tmp_path):
 
 
 def test_malformed_json_is_rejected(features, tmp_path):
-    bad = features / f"{cantor(1, 7)}.json"
+    bad = placed(features, cantor(1, 7))
     bad.write_text("", encoding="utf-8")
     packed = tmp_path / "packed"
     with pytest.raises(PackError, match=rf"{bad.name} is not valid JSON: Expecting value"):
@@ -203,7 +207,7 @@ def test_failed_pack_keeps_previous_output(features, tmp_path):
     packed = tmp_path / "packed"
     pack_folder(features, packed, LAYERS, N_FEATURES)
     before = {p.name: p.read_bytes() for p in packed.iterdir()}
-    (features / f"{cantor(2, 3)}.json").write_text("[1, 2]", encoding="utf-8")
+    placed(features, cantor(2, 3)).write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(PackError, match=r"must hold a JSON object"):
         pack_folder(features, packed, LAYERS, N_FEATURES)
     assert {p.name: p.read_bytes() for p in packed.iterdir()} == before
@@ -211,7 +215,7 @@ def test_failed_pack_keeps_previous_output(features, tmp_path):
 
 def test_layer_mismatch_is_rejected(features, tmp_path):
     name = f"{cantor(0, 4)}.json"
-    (features / name).write_text(json.dumps({"layer": 1, "feature": 4}), encoding="utf-8")
+    placed(features, cantor(0, 4)).write_text(json.dumps({"layer": 1, "feature": 4}), encoding="utf-8")
     with pytest.raises(PackError, match=rf"{name}: 'layer' is 1 but its name"):
         pack_folder(features, tmp_path / "packed", LAYERS, N_FEATURES)
 
@@ -225,21 +229,21 @@ def test_layer_mismatch_is_rejected(features, tmp_path):
     ],
 )
 def test_bad_identity_keys_are_rejected(features, tmp_path, content, message):
-    (features / f"{cantor(0, 4)}.json").write_text(json.dumps(content), encoding="utf-8")
+    placed(features, cantor(0, 4)).write_text(json.dumps(content), encoding="utf-8")
     with pytest.raises(PackError, match=message):
         pack_folder(features, tmp_path / "packed", LAYERS, N_FEATURES)
 
 
 def test_non_finite_number_is_rejected(features, tmp_path):
     name = f"{cantor(0, 4)}.json"
-    (features / name).write_text('{"layer": 0, "feature": 4, "act_max": NaN}', encoding="utf-8")
+    placed(features, cantor(0, 4)).write_text('{"layer": 0, "feature": 4, "act_max": NaN}', encoding="utf-8")
     with pytest.raises(PackError, match=rf"{name} is not valid JSON: non-finite number NaN"):
         pack_folder(features, tmp_path / "packed", LAYERS, N_FEATURES)
 
 
 def test_feature_out_of_range_is_rejected(features, tmp_path):
     name = f"{cantor(0, N_FEATURES)}.json"
-    (features / name).write_text(json.dumps({"layer": 0, "feature": N_FEATURES}), encoding="utf-8")
+    placed(features, cantor(0, N_FEATURES)).write_text(json.dumps({"layer": 0, "feature": N_FEATURES}), encoding="utf-8")
     with pytest.raises(PackError, match=rf"{name} is \(layer 0, feature {N_FEATURES}\), outside"):
         pack_folder(features, tmp_path / "packed", LAYERS, N_FEATURES)
     assert not (tmp_path / "packed").exists()
@@ -247,8 +251,15 @@ def test_feature_out_of_range_is_rejected(features, tmp_path):
 
 def test_layer_out_of_range_is_rejected(features, tmp_path):
     name = f"{cantor(N_LAYERS, 0)}.json"
-    (features / name).write_text(json.dumps({"layer": N_LAYERS, "feature": 0}), encoding="utf-8")
+    placed(features, cantor(N_LAYERS, 0)).write_text(json.dumps({"layer": N_LAYERS, "feature": 0}), encoding="utf-8")
     with pytest.raises(PackError, match=rf"{name} is \(layer {N_LAYERS}, feature 0\)"):
+        pack_folder(features, tmp_path / "packed", LAYERS, N_FEATURES)
+
+
+def test_a_feature_file_outside_its_folder_is_rejected(features, tmp_path):
+    name = f"{cantor(1, 7)}.json"
+    placed(features, cantor(1, 7)).replace(features / name)  # flat, as before the layout
+    with pytest.raises(PackError, match=rf"{name} is not where collect_features puts it"):
         pack_folder(features, tmp_path / "packed", LAYERS, N_FEATURES)
 
 
@@ -274,7 +285,7 @@ def test_layer_subset_keeps_real_layer_numbers(tmp_path):
     folder.mkdir()
     live = [(1, 4), (3, 0), (3, 9)]
     for layer, feature in live:
-        (folder / f"{cantor(layer, feature)}.json").write_text(json.dumps(feature_json(layer, feature, rng)))
+        placed(folder, cantor(layer, feature)).write_text(json.dumps(feature_json(layer, feature, rng)))
     packed = tmp_path / "packed"
     summary = pack_folder(folder, packed, [3, 1], 10)
     assert summary["layers"] == [1, 3] and summary["n_packed"] == 3
@@ -282,10 +293,10 @@ def test_layer_subset_keeps_real_layer_numbers(tmp_path):
     index = json.loads(gzip.decompress((packed / "index.json.gz").read_bytes()))
     assert [k for k in index if k not in ("version", "format")] == ["1", "3"]
     for layer, feature in live:
-        assert read_packed_feature(packed, layer, feature) == json.loads((folder / f"{cantor(layer, feature)}.json").read_text())
+        assert read_packed_feature(packed, layer, feature) == json.loads(placed(folder, cantor(layer, feature)).read_text())
     assert read_packed_feature(packed, 3, 5) is None
     with pytest.raises(PackError, match="has no layer 0"):
         read_packed_feature(packed, 0, 0)
-    (folder / f"{cantor(2, 0)}.json").write_text(json.dumps(feature_json(2, 0, rng)))
+    placed(folder, cantor(2, 0)).write_text(json.dumps(feature_json(2, 0, rng)))
     with pytest.raises(PackError, match=r"is \(layer 2, feature 0\), outside layers \[1, 3\]"):
         pack_folder(folder, tmp_path / "again", [1, 3], 10)

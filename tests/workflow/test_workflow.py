@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from circuitflow.features.ids import feature_files
+
 from ..conftest import ROOT, SMOLLM2_SOURCE, copy_workflow, tiny_config, write_config
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -339,7 +341,7 @@ def test_cross_layer_workflow(tmp_path, tiny_llama_source, tiny_corpus):
         "W_dec_0.safetensors", "W_dec_1.safetensors", "W_enc_0.safetensors", "W_enc_1.safetensors"]
     fidelity = json.loads((results / "transcoders/fidelity.json").read_text())
     assert fidelity["kind"] == "cross_layer_transcoder" and fidelity["all_layers"]["splice_tokens"] > 0
-    features = [json.loads(f.read_text()) for f in (results / "features/json").glob("*.json")]
+    features = [json.loads(f.read_text()) for f in feature_files(results / "features/json")]
     assert {f["layer"] for f in features} == {0, 1}
     assert all(f["writes_to_layers"] == [f["layer"], 1] and f["logit_lens_layer"] == 1 for f in features)
     for slug in ("france-capital", "genesis"):
@@ -422,7 +424,7 @@ def test_layer_subset_workflow(tmp_path, tiny_llama_source, tiny_corpus):
     assert transcoder_set["layers"] == {1: "layer_1.safetensors"} and "transcoders" not in transcoder_set
     from circuitflow.features import cantor_unpair, read_packed_feature
 
-    files = sorted((results / "features/json").glob("*.json"))
+    files = feature_files(results / "features/json")
     assert files and {cantor_unpair(int(p.stem))[0] for p in files} == {1}
     layer, feature = cantor_unpair(int(files[0].stem))
     assert read_packed_feature(results / "features/packed", layer, feature) == json.loads(files[0].read_text())

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from circuitflow.features.ids import FEATURE_NODE, cantor_unpair
+from circuitflow.features.ids import FEATURE_NODE, cantor_unpair, feature_file
 from circuitflow.features.pack import PackError, load_feature_file
 from circuitflow.interp.labels import FeatureLabels, node_label
 from circuitflow.io import atomic_path, keyed, read_json, relative_paths, write_json
@@ -69,7 +69,7 @@ def assemble_graphs(*, slugs: Sequence[str], graphs: Sequence[str | Path], metad
     features: dict[int, dict] = {}
     missing = []
     for feature_id in sorted(needed):
-        source = Path(feature_dir) / f"{feature_id}.json" if feature_dir is not None else None
+        source = feature_file(feature_dir, feature_id) if feature_dir is not None else None
         if source is not None and source.is_file():
             data = _checked_feature(source)
             features[feature_id] = {**data, **labels.fields(feature_id, data)}

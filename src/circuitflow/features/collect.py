@@ -32,6 +32,7 @@ import torch
 
 from circuitflow.config import CollectFeaturesSettings, CollectNeuronsSettings
 from circuitflow.data.dataset import read_windows, usable_positions
+from circuitflow.features.ids import feature_file
 from circuitflow.features.render import FeatureWriter, logit_lens
 from circuitflow.features.sources import FeatureRequestError, NeuronSource, TranscoderSource
 from circuitflow.features.statistics import LayerStats, update_layer
@@ -114,8 +115,9 @@ def collect(model_dir: str | Path, validation_split: str | Path, sources_for, ou
             metadata["dead_features_per_layer"][str(layer)] = int(source.n_features - len(live))
             for row in live.tolist():
                 data = writer.feature(row)
-                (tmp / f"{data['index']}.json").write_text(
-                    json.dumps(data, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+                path = feature_file(tmp, data["index"])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
                 per_domain = layer_stats.counts[:, row].tolist()
                 count = data["activation_count"]
                 metadata["features"].append({

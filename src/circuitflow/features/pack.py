@@ -1,6 +1,7 @@
 """pack_features: per-feature JSON files into circuit-tracer's packed binary format; reading it back.
 
-Input: a folder with one JSON object per live feature, named ``<cantor(layer, feature)>.json``,
+Input: a folder with one JSON object per live feature, named ``<cantor(layer, feature)>.json``
+and placed where `circuitflow.features.ids.feature_file` puts it (``layer_<l>/<feature // 1000>/``),
 each carrying at least integer ``layer`` and ``feature`` keys that agree with its name.
 
 Output folder (what circuit-tracer's frontend and Hugging Face ``features/`` folders read)::
@@ -41,7 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from circuitflow.features.ids import cantor, cantor_unpair
+from circuitflow.features.ids import cantor, cantor_unpair, feature_file
 from circuitflow.io import atomic_path
 
 log = logging.getLogger("circuitflow.features")
@@ -97,19 +98,22 @@ def load_feature_file(path: Path, label: str, layer: int, feature: int) -> tuple
 
 
 def _scan_names(feature_dir: Path, layers: list[int], n_features: int) -> dict[int, list[int]]:
-    """List the folder once and map layer -> sorted live features, checking every name."""
+    """List the folder's tree once and map layer -> sorted live features, checking every name
+    and that each file is where `feature_file` puts it."""
     if not feature_dir.is_dir():
         raise PackError(f"{feature_dir} is not a folder")
     by_layer: dict[int, list[int]] = {layer: [] for layer in layers}
-    with os.scandir(feature_dir) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
+    for folder, subfolders, names in os.walk(feature_dir):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in names:
+            if name.startswith("."):
                 continue  # hidden files, e.g. the .snakemake_timestamp of a directory output
-            label = str(feature_dir / entry.name)
-            match = _NAME_RE.fullmatch(entry.name)
+            path = Path(folder) / name
+            label = str(path)
+            match = _NAME_RE.fullmatch(name)
             if match is None:
                 raise PackError(f"{label}: unexpected file, feature files are named <cantor_id>.json")
-            if not entry.is_file():
+            if not path.is_file():
                 raise PackError(f"{label} is not a regular file")
             layer, feature = cantor_unpair(int(match.group(1)))
             if layer not in by_layer or feature >= n_features:
@@ -117,6 +121,9 @@ def _scan_names(feature_dir: Path, layers: list[int], n_features: int) -> dict[i
                     f"{label} is (layer {layer}, feature {feature}), outside "
                     f"layers {layers} x {n_features} features"
                 )
+            if path != feature_file(feature_dir, int(match.group(1))):
+                raise PackError(f"{label} is not where collect_features puts it "
+                                f"({feature_file(feature_dir, int(match.group(1)))})")
             by_layer[layer].append(feature)
     for features in by_layer.values():
         features.sort()
@@ -125,7 +132,7 @@ def _scan_names(feature_dir: Path, layers: list[int], n_features: int) -> dict[i
 
 def _features(feature_dir: Path, layer: int, features: list[int]) -> Iterator[tuple[int, Path, str]]:
     for feature in features:
-        path = feature_dir / f"{cantor(layer, feature)}.json"
+        path = feature_file(feature_dir, cantor(layer, feature))
         yield feature, path, str(path)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from circuitflow.config import ScoreExplanationsSettings
+from circuitflow.features.ids import feature_file
 from circuitflow.interp.batched import (
     batch_answer_tokens,
     batched_detection_messages,
@@ -313,7 +314,7 @@ def graph_features_to_embed(selection: str | Path, feature_dir: str | Path, judg
         ranked = ranked[:settings.embedding_graph_features]
     prepared = []
     for cantor_id in ranked:
-        path = Path(feature_dir) / f"{cantor_id}.json"
+        path = feature_file(feature_dir, cantor_id)
         if cantor_id in judged or not path.is_file():
             continue
         feature = read_json(path)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from circuitflow.config import SelectFeaturesSettings
-from circuitflow.features.ids import FEATURE_NODE
+from circuitflow.features.ids import FEATURE_NODE, feature_file
 from circuitflow.interp.examples import TOP_GROUP, groups
 from circuitflow.io import read_json, write_json
 
@@ -64,7 +64,7 @@ def select_features(*, feature_dir: str | Path, metadata: str | Path, graphs: Se
     entries = {int(e["cantor_id"]): e for e in meta["features"]}
 
     def load(feature_id: int) -> dict | None:
-        path = feature_dir / f"{feature_id}.json"
+        path = feature_file(feature_dir, feature_id)
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     chosen: dict[int, dict] = {}
@@ -117,5 +117,5 @@ def select_features(*, feature_dir: str | Path, metadata: str | Path, graphs: Se
 def load_selection(path: str | Path, feature_dir: str | Path) -> list[tuple[dict, dict]]:
     """(selection entry, per-feature JSON) for every selected feature."""
     feature_dir = Path(feature_dir)
-    return [(entry, json.loads((feature_dir / f"{entry['cantor_id']}.json").read_text(encoding="utf-8")))
+    return [(entry, json.loads(feature_file(feature_dir, entry["cantor_id"]).read_text(encoding="utf-8")))
             for entry in read_json(path)["features"]]

@@ -193,6 +193,15 @@ def training_groups(config: dict, plan: WorkflowPlan) -> dict[str, tuple[int, ..
     return {f"{chunk[0]}-{chunk[-1]}": tuple(chunk) for chunk in chunks}
 
 
+def trained_set_files(config: dict, plan: WorkflowPlan) -> list[str]:
+    """What write_transcoder_set reads: the plt training jobs' folders, or the CLT's files."""
+    groups = training_groups(config, plan)
+    if groups:
+        return [plan.paths.training_group.format(group=group) for group in groups]
+    files = transcoder_files(plan)
+    return [*files["weights"], *files["architectures"]]
+
+
 def trained_layer_files(plan: WorkflowPlan) -> dict[str, list[str]]:
     """Each trained plt layer's weights, architecture and metrics files, which
     write_transcoder_set links into place from the training jobs' folders (none otherwise)."""

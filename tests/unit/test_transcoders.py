@@ -413,7 +413,7 @@ def test_layers_trained_in_one_job_match_one_job_per_layer_and_are_linked_into_t
               for kind, suffix in (("weights", ".safetensors"), ("architectures", ".architecture.json"),
                                    ("metrics", ".metrics.json"))}
     model_dir = fake_model_dir(tmp_path / "model", n_layers=2, d_model=16)
-    config = write_transcoder_set(model_dir=model_dir, weights=placed["weights"], training_dirs=[group],
+    config = write_transcoder_set(model_dir=model_dir, weights=placed["weights"], trained=[group],
                                   architectures=placed["architectures"], metrics=placed["metrics"],
                                   out_config=folder / "config.yaml",
                                   settings=WriteTranscoderSetSettings(layers=(0, 1), scan="s"))
@@ -424,7 +424,7 @@ def test_layers_trained_in_one_job_match_one_job_per_layer_and_are_linked_into_t
 
     (group / "layer_1.metrics.json").unlink()
     with pytest.raises(TranscoderSetError, match="layer_1.metrics.json is in none of the training folders"):
-        write_transcoder_set(model_dir=model_dir, weights=placed["weights"], training_dirs=[group],
+        write_transcoder_set(model_dir=model_dir, weights=placed["weights"], trained=[group],
                              architectures=placed["architectures"], metrics=placed["metrics"],
                              out_config=folder / "config.yaml", settings=WriteTranscoderSetSettings(layers=(0, 1)))
 

@@ -16,6 +16,7 @@ from circuitflow.workflow import (
     require_hub,
     rule_params,
     trained_layer_files,
+    trained_set_files,
     training_groups,
     training_metrics_files,
     transcoder_files,

@@ -63,8 +63,7 @@ if not PLAN.imported:
     rule write_transcoder_set:
         input:
             model=MODEL_DIR,
-            trained=(expand(PATHS.training_group, group=TRAINING_GROUPS) if TRAINING_GROUPS
-                     else [*TRANSCODER_WEIGHTS, *TRANSCODER_ARCHITECTURES]),
+            trained=trained_set_files(config, PLAN),
         output:
             config=TRANSCODER_SET,
             weights=TRAINED_LAYER_FILES["weights"],

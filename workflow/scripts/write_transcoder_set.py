@@ -6,7 +6,6 @@ settings = start_job(snakemake)
 
 from circuitflow.transcoders import write_transcoder_set
 
-trained, placed = snakemake.input.trained, snakemake.output
-write_transcoder_set(model_dir=snakemake.input.model, weights=placed.weights or trained,
-                     training_dirs=trained if placed.weights else (), architectures=placed.architectures,
-                     metrics=placed.metrics, out_config=placed.config, settings=settings)
+write_transcoder_set(model_dir=snakemake.input.model, trained=snakemake.input.trained,
+                     weights=snakemake.output.weights, architectures=snakemake.output.architectures,
+                     metrics=snakemake.output.metrics, out_config=snakemake.output.config, settings=settings)

@@ -89,20 +89,23 @@ class TranscoderSetConfig:
                 f"{sorted(self.layers)} only; add those layers to activations.layers")
 
 
-def write_transcoder_set(*, model_dir: str | Path, weights: Sequence[str | Path], out_config: str | Path,
-                         settings: WriteTranscoderSetSettings, training_dirs: Sequence[str | Path] = (),
+def write_transcoder_set(*, model_dir: str | Path, out_config: str | Path, settings: WriteTranscoderSetSettings,
+                         weights: Sequence[str | Path] = (), trained: Sequence[str | Path] = (),
                          architectures: Sequence[str | Path] = (), metrics: Sequence[str | Path] = ()) -> dict:
-    """Check every layer's files (`weights` in the order of `settings.layers`) against the model
-    and each other, then write `config.yaml`. With `training_dirs` (the plt training jobs'
-    folders), each layer's weights, architecture and metrics files are first linked from there
-    to `weights`, `architectures` and `metrics`."""
+    """Check every layer's files against the model and each other, then write `config.yaml`.
+
+    `trained` is what the training rules wrote: for a plt the training jobs' folders, whose
+    files are first linked to `weights`, `architectures` and `metrics` (each in the order of
+    `settings.layers`); for a clt its files beside `out_config`. A plt whose `weights` are
+    already in place passes no `trained`."""
     out_config = Path(out_config)
-    if training_dirs:
-        place_trained_files(training_dirs, [*weights, *architectures, *metrics])
+    if settings.kind == "plt" and trained:
+        place_trained_files(trained, [*weights, *architectures, *metrics])
     facts = read_model_facts(model_dir)
     if settings.kind == "clt":
         # a CLT's files are found beside config.yaml, where circuit-tracer's load_clt reads them
-        elsewhere = sorted(str(w) for w in weights if Path(w).resolve().parent != out_config.resolve().parent)
+        files = trained or weights
+        elsewhere = sorted(str(w) for w in files if Path(w).resolve().parent != out_config.resolve().parent)
         if elsewhere:
             raise TranscoderSetError(f"cross-layer transcoder files {elsewhere} are not in {out_config.parent}, "
                                      "where the set's config.yaml and circuit-tracer's load_clt expect them")

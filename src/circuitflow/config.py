@@ -116,6 +116,8 @@ class WorkflowSettings:
     n_layers: int | None = knob("model.n_layers")
     transcoder_source: str | None = knob("transcoder.source")
     evaluate_imported_set: bool = knob("evaluation.imported_set")
+    # the clt job's memory request, checked against the config's estimate (not a param: no rerun)
+    clt_memory_gb: float = knob("transcoder.clt_memory_gb")
 
 
 @dataclass(frozen=True)

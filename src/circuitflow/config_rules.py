@@ -63,3 +63,43 @@ def check_cross_layer(layers, activation: str, skip_connection: bool, jumprelu_t
     if skip_connection:
         raise ConfigError("transcoder.kind clt needs transcoder.skip_connection: false (circuit-tracer's load_clt "
                           "never loads a skip path); see config/clt.yaml")
+
+
+# The part of a CLT job's peak that the terms below do not count: SmolLM2's CLT at 512 features
+# per layer peaked at 15.0 GB RSS against 12.5 GB of counted terms (docs/measurements.md).
+RUNTIME_BYTES = int(2.5e9)
+
+
+def cross_layer_memory(n_layers: int, d_model: int, n_features: int, *, shuffle_row_groups: int,
+                       row_group_tokens: int, cache_bytes: int, eval_tokens: int, calibration_tokens: int) -> dict:
+    """What training a CLT holds at its peak, in bytes, from the config alone.
+
+    - state: 16 bytes a parameter (float32 weights, gradients and Adam's two moments), plus the
+      thresholded copy saved at the end (4 bytes a parameter) and two decoder-sized temporaries
+      of the unit-norm constraint;
+    - data: each layer's shuffle buffer (row groups in the cache dtype, inputs and outputs, held
+      twice while it is refilled), the held-out tokens and the calibration tokens (float32,
+      inputs and outputs, held three times while they are gathered and rescaled).
+    - the rest (`RUNTIME_BYTES`): the interpreter, torch, the allocator's slack.
+    """
+    decoder = n_features * d_model * n_layers * (n_layers + 1) // 2
+    parameters = decoder + n_layers * n_features * (d_model + 2) + n_layers * d_model
+    state = 16 * parameters + 4 * parameters + 8 * decoder
+    buffers = 2 * n_layers * shuffle_row_groups * row_group_tokens * d_model * 2 * cache_bytes
+    held = n_layers * d_model * 2 * 4 * (2 * eval_tokens + 3 * calibration_tokens)
+    return {"parameters": parameters, "state_bytes": state, "data_bytes": buffers + held,
+            "total_bytes": state + buffers + held + RUNTIME_BYTES}
+
+
+def check_cross_layer_memory(memory: dict, budget_gb: float, n_features: int, n_layers: int) -> None:
+    """Refuse a CLT whose training would not fit `transcoder.clt_memory_gb` (before any job)."""
+    total = memory["total_bytes"] / 1e9
+    if total > budget_gb:
+        raise ConfigError(
+            f"transcoder.kind clt with transcoder.n_features {n_features} over {n_layers} layers has "
+            f"{memory['parameters'] / 1e6:.0f}M parameters; training needs about {total:.1f} GB "
+            f"({memory['state_bytes'] / 1e9:.1f} GB of weights, gradients and Adam's moments, "
+            f"{memory['data_bytes'] / 1e9:.1f} GB of data buffers), more than transcoder.clt_memory_gb "
+            f"{budget_gb:g}: lower transcoder.n_features (or train fewer layers), lower "
+            "transcoder.calibration_tokens or activations.row_group_tokens, or raise transcoder.clt_memory_gb "
+            "if the training machine has the memory")

@@ -22,7 +22,13 @@ from circuitflow.config import (
     config_value,
     settings_for,
 )
-from circuitflow.config_rules import check_choice_names, check_cross_layer, check_sparsity
+from circuitflow.config_rules import (
+    check_choice_names,
+    check_cross_layer,
+    check_cross_layer_memory,
+    check_sparsity,
+    cross_layer_memory,
+)
 from circuitflow.data.dataset import local_source_files
 from circuitflow.data.prompts import CONFIG_ORIGIN, discover_prompts
 from circuitflow.model.facts import ModelFacts, read_model_facts
@@ -57,6 +63,7 @@ class WorkflowPlan:
     set_source: SetSource | None = None  # transcoder.source: a published set instead of training
     evaluate: bool = True  # evaluate_transcoders is part of the default target (always, unless imported)
     architecture: str | None = None  # the model's architecture, when known at parse time
+    clt_memory_mb: int = 16000  # transcoder.clt_memory_gb: the clt training job's memory request
 
     @property
     def paths(self) -> RunPaths:
@@ -112,7 +119,8 @@ def plan_workflow(config: dict) -> WorkflowPlan:
     if published is not None:
         layers, kind = _imported_layers(config, published, facts, model_source)
     else:
-        layers, kind = _trained_layers(config, n_layers)
+        layers, kind = _trained_layers(config, n_layers, facts.d_model if facts is not None else None,
+                                       settings.clt_memory_gb)
     feature_layers = _resolve(config_value(config, "features.layers"), list(layers), "features.layers",
                               "have no transcoder; transcoders are trained for activations.layers")
     interp_layers = feature_layers[::config_value(config, "interp.layer_step")]
@@ -127,7 +135,8 @@ def plan_workflow(config: dict) -> WorkflowPlan:
     return WorkflowPlan(settings.run, f"results/{settings.run}", model_folder(config), n_layers, layers, kind,
                         feature_layers, interp_layers, prompts, model_source, set_source,
                         evaluate=set_source is None or settings.evaluate_imported_set,
-                        architecture=facts.architecture if facts is not None else None)
+                        architecture=facts.architecture if facts is not None else None,
+                        clt_memory_mb=round(settings.clt_memory_gb * 1000))
 
 
 def _published_set(source: SetSource) -> PublishedSet:
@@ -147,8 +156,10 @@ def _model_source(config: dict, published: PublishedSet | None) -> str:
     return configured
 
 
-def _trained_layers(config: dict, n_layers: int) -> tuple[tuple[int, ...], str]:
-    """activations.layers resolved against the model, and the transcoder keys that must agree."""
+def _trained_layers(config: dict, n_layers: int, d_model: int | None,
+                    memory_gb: float) -> tuple[tuple[int, ...], str]:
+    """activations.layers resolved against the model, and the transcoder keys that must agree
+    (for a clt, with the model's width, that its training fits transcoder.clt_memory_gb)."""
     layers = _resolve(config_value(config, "activations.layers"), list(range(n_layers)), "activations.layers",
                       "out of range, the model has layers")
     check_sparsity(*(config_value(config, f"transcoder.{key}") for key in ("activation", "k", "n_features")))
@@ -156,6 +167,9 @@ def _trained_layers(config: dict, n_layers: int) -> tuple[tuple[int, ...], str]:
     if kind == "clt":
         check_cross_layer(layers, *(config_value(config, f"transcoder.{key}")
                                     for key in ("activation", "skip_connection", "jumprelu_training")))
+        if d_model is not None:
+            check_cross_layer_memory(clt_training_memory(config, len(layers), d_model), memory_gb,
+                                     config_value(config, "transcoder.n_features"), len(layers))
     return layers, kind
 
 
@@ -169,6 +183,17 @@ def _imported_layers(config: dict, published: PublishedSet, facts: ModelFacts | 
     if warning:
         print(f"circuitflow: warning: {warning} (transcoder.allow_model_mismatch is true)", file=sys.stderr)
     return tuple(range(published.n_layers)), "clt" if published.kind == CROSS_LAYER else "plt"
+
+
+def clt_training_memory(config: dict, n_layers: int, d_model: int) -> dict:
+    """`cross_layer_memory` of the configured CLT over `n_layers` layers of width `d_model`."""
+    return cross_layer_memory(
+        n_layers, d_model, config_value(config, "transcoder.n_features"),
+        shuffle_row_groups=config_value(config, "transcoder.shuffle_row_groups"),
+        row_group_tokens=config_value(config, "activations.row_group_tokens"),
+        cache_bytes=2 if config_value(config, "activations.dtype") == "float16" else 4,
+        eval_tokens=config_value(config, "transcoder.eval_tokens"),
+        calibration_tokens=config_value(config, "transcoder.calibration_tokens"))
 
 
 def imported_set_inputs(plan: WorkflowPlan) -> dict[str, str]:

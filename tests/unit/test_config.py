@@ -131,6 +131,8 @@ def test_plan_resolves_layers_and_prompts(tmp_path, monkeypatch):
     # the cross-key rules themselves are tested in test_config_rules; these check the plan applies them
     ({"transcoder": {"k": 32, "n_features": 32}}, "transcoder.k 32 must be below transcoder.n_features 32"),
     ({"transcoder": {"kind": "clt"}}, "transcoder.kind clt needs transcoder.activation: jumprelu"),
+    ({"transcoder": {"kind": "clt", "activation": "jumprelu", "skip_connection": False, "clt_memory_gb": 1}},
+     r"transcoder.kind clt with transcoder.n_features 2048 over 3 layers .* more than transcoder.clt_memory_gb 1"),
     ({"dataset": {"context_length": 128}}, "dataset.context_length 128 exceeds the model's context of 64"),
     ({"interp": {"categories": {"Math": "m", "math": "m"}}}, "interp.categories names 'Math' and 'math'"),
 ])

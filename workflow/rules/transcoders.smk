@@ -49,7 +49,7 @@ if not PLAN.imported:
             f"{RESULTS}/benchmarks/train_cross_layer_transcoder.tsv"
         threads: 2
         resources:
-            mem_mb=16000,
+            mem_mb=PLAN.clt_memory_mb,
             runtime=120,
             gpu=1,
         conda:

@@ -7,7 +7,8 @@ Each argument is a run folder (``results/<run>``) holding ``attribution/<slug>.j
 ``.scores.json`` for the prompts, ``transcoders/fidelity.json`` and the training metrics. Per
 prompt: replacement and completeness (circuit-tracer's ``compute_graph_scores`` on the whole
 graph), and in the pruned graph file (the nodes above ``attribution.node_threshold``) the
-number of error nodes, feature nodes and all nodes. Then fidelity (validation FVU, the
+number of error nodes, feature nodes and all nodes; where the error influence sits (early, middle and
+late layers, from ``error_influence_by_layer``). Then fidelity (validation FVU, the
 loss recovered and KL with every MLP replaced) and training (parameters, seconds). Prints
 markdown tables; ``--json`` prints the figures instead.
 """
@@ -30,8 +31,27 @@ def graph_figures(run: Path) -> dict[str, dict]:
         nodes = json.loads((run / "attribution" / f"{slug}.json").read_text())["nodes"]
         out[slug] = {"replacement": scores["replacement_score"], "completeness": scores["completeness_score"],
                      "error_nodes": sum(n["feature_type"] == ERROR_TYPE for n in nodes),
-                     "feature_nodes": sum(n["feature_type"] == FEATURE_TYPE for n in nodes), "nodes": len(nodes)}
+                     "feature_nodes": sum(n["feature_type"] == FEATURE_TYPE for n in nodes), "nodes": len(nodes),
+                     "error_by_layer": scores.get("error_influence_by_layer")}
     return out
+
+
+def error_table(figures: dict, names: list[str], slugs: list[str]) -> str:
+    """Each graph's error influence (its share of token + error influence; they add up to
+    1 - replacement) in the first, middle and last third of the layers, and the layer that
+    holds the most. Graphs attributed before the breakdown was recorded are left out."""
+    lines = ["| prompt | run | error share: early / middle / late layers | largest: layer (share) |", "|---|---|---|---|"]
+    for slug in slugs:
+        for name, f in zip(names, figures.values()):
+            shares = f["graphs"][slug]["error_by_layer"]
+            if not shares:
+                continue
+            n = len(shares)
+            thirds = [sum(shares[i * n // 3:(i + 1) * n // 3]) for i in range(3)]
+            top = max(range(n), key=shares.__getitem__)
+            lines.append(f"| {slug} | {name} | {thirds[0]:.3f} / {thirds[1]:.3f} / {thirds[2]:.3f} | "
+                         f"{top} ({shares[top]:.3f}) |")
+    return "\n".join(lines) + "\n"
 
 
 def training_figures(run: Path) -> dict:
@@ -85,6 +105,7 @@ def main() -> None:
                  for g in (f["graphs"][slug] for f in figures.values())]
         print(f"| {slug} | " + " | ".join(cells) + " |")
     print()
+    print(error_table(figures, names, slugs))
     print("| run | kind | features per layer | mean FVU | mean L0 | max dead | loss recovered (all) | KL (all) | "
           "top-1 (all) | parameters | training s | s per step | jobs |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")

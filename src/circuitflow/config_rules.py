@@ -98,7 +98,7 @@ def check_cross_layer_memory(memory: dict, budget_gb: float, n_features: int, n_
         raise ConfigError(
             f"transcoder.kind clt with transcoder.n_features {n_features} over {n_layers} layers has "
             f"{memory['parameters'] / 1e6:.0f}M parameters; training needs about {total:.1f} GB "
-            f"({memory['state_bytes'] / 1e9:.1f} GB of weights, gradients and Adam's moments, "
+            f"({memory['state_bytes'] / 1e9:.1f} GB of weights, gradients, Adam's moments and copies, "
             f"{memory['data_bytes'] / 1e9:.1f} GB of data buffers), more than transcoder.clt_memory_gb "
             f"{budget_gb:g}: lower transcoder.n_features (or train fewer layers), lower "
             "transcoder.calibration_tokens or activations.row_group_tokens, or raise transcoder.clt_memory_gb "

@@ -167,6 +167,10 @@ def test_attribution_graph(family, dtype, tmp_path):
     assert {"cross layer transcoder", "mlp reconstruction error", "embedding", "logit"} <= kinds
     assert 0 < scores["replacement_score"] <= scores["completeness_score"] <= 1.0 + 1e-6
     assert scores["expected_target"]["token"].strip() == "Paris"
+    # the error influence, layer by layer, is what the replacement score leaves out
+    shares = scores["error_influence_by_layer"]
+    assert len(shares) == len(LAYERS) and min(shares) >= 0
+    assert sum(shares) == pytest.approx(1 - scores["replacement_score"], abs=1e-4)
     if dtype == "bfloat16":  # the knob reaches the model and the transcoders
         replacement = load_replacement_model(family["model_dir"], family["set"], "nnsight", "cpu", dtype)
         assert replacement.dtype == torch.bfloat16

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from circuitflow.attribution.influence import error_influence_by_layer
 from circuitflow.attribution.patches import apply_patches
 from circuitflow.config import AttributePromptSettings, ConfigError
 from circuitflow.data.prompts import Prompt, read_prompt_text, tokenize_prompt
@@ -84,6 +85,7 @@ def write_attribution(prompt: Prompt, model, tokenizer, out_graph: str | Path, o
                       max_feature_nodes=settings.max_feature_nodes, verbose=True)
     attribution_seconds = time.perf_counter() - started
     replacement, completeness = compute_graph_scores(graph)
+    error_shares = error_influence_by_layer(graph)
     probabilities = next_token_probabilities(model, input_ids)
 
     started = time.perf_counter()
@@ -119,6 +121,7 @@ def write_attribution(prompt: Prompt, model, tokenizer, out_graph: str | Path, o
         "input_tokens": [tokenizer.decode([i]) for i in prompt.input_ids],
         "replacement_score": float(replacement),
         "completeness_score": float(completeness),
+        "error_influence_by_layer": error_shares,  # adds up to 1 - replacement_score
         "target_logits": targets,
         "expected_target": target,
         "active_features": int(graph.active_features.shape[0]),

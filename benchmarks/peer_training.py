@@ -38,7 +38,7 @@ import yaml
 from circuitflow.activations.shards import ActivationShard
 from circuitflow.config import settings_for
 from circuitflow.transcoders import load_transcoder, train_transcoder
-from circuitflow.transcoders.training import ShardBatches
+from circuitflow.transcoders.batches import ShardBatches
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ import numpy as np
 
 from circuitflow.activations import ActivationShard, ShardWriters, activation_schema
 from circuitflow.config import TrainingSettings
-from circuitflow.transcoders.training import ShardBatches
+from circuitflow.transcoders.batches import ShardBatches
 
 
 def open_shard(path: Path, verify: bool) -> ActivationShard:

@@ -25,7 +25,8 @@ from circuitflow.transcoders import (
     train_transcoder,
     write_transcoder_set,
 )
-from circuitflow.transcoders.training import auxk_loss, fvu, topk_forward
+from circuitflow.transcoders.trainer import fvu
+from circuitflow.transcoders.training import auxk_loss, topk_forward
 
 
 def arch(activation="topk", n_features=10, k=3, skip=False) -> TranscoderArchitecture:
@@ -431,15 +432,15 @@ def test_layers_trained_in_one_job_match_one_job_per_layer_and_are_linked_into_t
 
 KILL_AFTER_SECOND_CHECKPOINT = """
 import os, signal, sys
-from circuitflow.transcoders import training
-save = training.Checkpoint.save
+from circuitflow.transcoders import trainer, training
+save = trainer.Checkpoint.save
 calls = []
 def save_then_die(self, *args, **kwargs):
     save(self, *args, **kwargs)
     calls.append(1)
     if len(calls) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-training.Checkpoint.save = save_then_die
+trainer.Checkpoint.save = save_then_die
 from circuitflow.config import TrainTranscoderSettings, from_params
 import json
 settings = from_params(TrainTranscoderSettings, json.loads(sys.argv[2]))
@@ -500,7 +501,8 @@ def test_resampling_restarts_silent_latents_on_badly_reconstructed_tokens():
     replacement), each with its token's error direction as decoder row and a pre-activation
     there equal to the error's norm, capped at RESTART_CAP x the batch's 99th-percentile
     active pre-activation; live latents and their Adam state are untouched."""
-    from circuitflow.transcoders.training import RESTART_CAP, resample_dead_latents
+    from circuitflow.transcoders.trainer import RESTART_CAP
+    from circuitflow.transcoders.training import resample_dead_latents
 
     tc = random_transcoder("topk", d_model=6, n_features=10, k=3)
     x = torch.randn(8, 6)

@@ -1,9 +1,9 @@
 """Transcoders: the single-layer module and file format (`single_layer`, rule train_transcoders in
 `training`), the cross-layer transcoder (`cross_layer`, rule train_cross_layer_transcoder in
-`cross_layer_training`), sets (rule write_transcoder_set), published sets imported instead of
-trained (`imported`, rules download_transcoder_set and import_transcoder_set), a set of either
-kind as one replacement (`replacement`), fidelity (rule evaluate_transcoders) and the
-circuit-tracer adapter.
+`cross_layer_training`), both trained by one loop (`trainer`, on `batches`), sets (rule
+write_transcoder_set), published sets imported instead of trained (`imported`, rules
+download_transcoder_set and import_transcoder_set), a set of either kind as one replacement
+(`replacement`), fidelity (rule evaluate_transcoders) and the circuit-tracer adapter.
 
 Names are imported on first use (PEP 562): the workflow reads `imported` and `sets` when it is
 parsed, and parsing must not pay for importing torch.

@@ -1,8 +1,6 @@
-"""train_cross_layer_transcoder: one CLT over layers 0..n-1, trained jointly from every layer's shard.
-
-The shards hold the same tokens in the same order (one `cache_activations` job writes them), so
-one seeded `ShardBatches` per shard, all with the same seed, yields aligned batches: token t of
-every layer's batch is the same token (checked on the shards' ``seq``/``pos`` columns first).
+"""train_cross_layer_transcoder: one CLT over layers 0..n-1, trained jointly from every layer's shard
+(aligned: `circuitflow.transcoders.batches.LockstepBatches`), by the loop both kinds share
+(`circuitflow.transcoders.trainer`); this module is the cross-layer kind (`CrossLayerKind`).
 
 The recipe is the per-layer one (`circuitflow.transcoders.training`) lifted to layers: TopK per
 layer (k features of each layer per token), loss = the mean over layers of each layer's FVU,
@@ -28,64 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from circuitflow.activations.shards import ActivationShard
-from circuitflow.config import TrainCrossLayerTranscoderSettings
+from circuitflow.config import TrainCrossLayerTranscoderSettings, TrainingSettings
 from circuitflow.config_rules import check_cross_layer, check_sparsity
-from circuitflow.io import write_json
-from circuitflow.logs import Progress, pick_device
+from circuitflow.logs import pick_device
+from circuitflow.transcoders.batches import LockstepBatches, aligned_shards, centred_rms
 from circuitflow.transcoders.cross_layer import CrossLayerTranscoder, save_cross_layer_transcoder
-from circuitflow.transcoders.training import (
-    L0_SLACK,
-    RESTART_CAP,
-    THRESHOLD_SCALES,
-    Checkpoint,
-    ShardBatches,
-    base_thresholds,
-    centred_rms,
-    fvu,
-    lr_factor,
-    record_curve,
-    resample_due,
-    take_tokens,
-    topk_counts,
-    training_fingerprint,
-)
+from circuitflow.transcoders.thresholds import THRESHOLD_SCALES, base_thresholds, best_factor, topk_counts
+from circuitflow.transcoders.trainer import forget_moments, fvu, restart_rows, train
 
 log = logging.getLogger("circuitflow.transcoders")
-
-
-def _aligned_shards(paths) -> list[ActivationShard]:
-    shards = [ActivationShard(path) for path in paths]
-    first = shards[0]
-    for shard in shards[1:]:
-        if shard.row_group_sizes != first.row_group_sizes or shard.d_model != first.d_model:
-            raise ValueError(f"activation shards {first.path} and {shard.path} differ in rows or d_model; "
-                             "rebuild the activations (all layers come from one cache_activations job)")
-    ends = (0, len(first.row_group_sizes) - 1)
-    for index in ends:
-        reference = first.read_row_group(index, ("seq", "pos"))
-        for shard in shards[1:]:
-            other = shard.read_row_group(index, ("seq", "pos"))
-            if any(not np.array_equal(reference[c], other[c]) for c in ("seq", "pos")):
-                raise ValueError(f"activation shards {first.path} and {shard.path} hold different tokens in row "
-                                 f"group {index}; rebuild the activations")
-    return shards
-
-
-class _LockstepBatches:
-    """Aligned batches from every layer's shard: ([B, n_layers, d], [B, n_layers, d])."""
-
-    def __init__(self, shards, settings, seed):
-        self.parts = [ShardBatches(shard, settings, np.random.default_rng(seed)) for shard in shards]
-
-    def eval_set(self):
-        pairs = [part.eval_set() for part in self.parts]
-        return torch.stack([p[0] for p in pairs], 1), torch.stack([p[1] for p in pairs], 1)
-
-    def __iter__(self):
-        streams = [iter(part) for part in self.parts]
-        while True:
-            pairs = [next(stream) for stream in streams]
-            yield torch.stack([p[0] for p in pairs], 1), torch.stack([p[1] for p in pairs], 1)
 
 
 def _flat_decoders(model: CrossLayerTranscoder) -> list[torch.Tensor]:
@@ -184,24 +133,13 @@ def _resample(model: CrossLayerTranscoder, optimizer, x, y, silent: torch.Tensor
         ids = silent[layer].nonzero().squeeze(-1)
         if ids.numel() == 0:
             continue
-        error = y[:, layer] - y_hat[:, layer]
-        picks = torch.multinomial(error.pow(2).sum(-1).clamp_min(1e-12), ids.numel(),
-                                  replacement=ids.numel() > len(x), generator=generator)
-        xs = x[:, layer]
-        x_centred = xs[picks] - xs.mean(0)
-        cap = RESTART_CAP * float(torch.quantile(pre.topk(model.k, dim=-1).values.flatten(), 0.99))
-        target = error[picks].norm(dim=-1, keepdim=True).clamp(max=cap)
-        encoder = F.normalize(x_centred, dim=-1) * (target / x_centred.norm(dim=-1, keepdim=True).clamp_min(1e-6))
-        model.W_enc[layer][ids] = encoder
-        model.b_enc[layer][ids] = -(xs.mean(0) @ encoder.T)
+        encoder, bias, decoder = restart_rows(x[:, layer], y[:, layer] - y_hat[:, layer], pre, model.k, ids.numel(),
+                                              generator)
+        model.W_enc[layer][ids], model.b_enc[layer][ids] = encoder, bias
         model.W_dec[layer][ids] = 0
-        model.W_dec[layer][ids, 0] = F.normalize(error[picks], dim=-1)
-        for parameter, rows in ((model.W_enc, (layer, ids)), (model.b_enc, (layer, ids)),
-                                (model.W_dec[layer], (ids,))):
-            state = optimizer.state.get(parameter, {})
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in state:
-                    state[key][rows] = 0
+        model.W_dec[layer][ids, 0] = decoder
+        forget_moments(optimizer, [(model.W_enc, (layer, ids)), (model.b_enc, (layer, ids)),
+                                   (model.W_dec[layer], (ids,))])
         restarted += int(ids.numel())
     return restarted
 
@@ -240,7 +178,7 @@ def calibrate_cross_layer_thresholds(model: CrossLayerTranscoder, x: torch.Tenso
                                      chunk: int = 1024) -> dict:
     """JumpReLU thresholds for a TopK-trained CLT from calibration tokens (x, y: [N, n, d]): per
     layer the firing-rate-keeping `base_thresholds`, then one common factor from
-    `THRESHOLD_SCALES`, the lowest mean FVU whose mean L0 stays within `L0_SLACK` of TopK's."""
+    `THRESHOLD_SCALES` (`best_factor`: the lowest mean FVU whose mean L0 stays near TopK's)."""
     n = x.shape[0]
     base, counts = [], []
     for layer in model.layers:
@@ -266,8 +204,7 @@ def calibrate_cross_layer_thresholds(model: CrossLayerTranscoder, x: torch.Tenso
     variance = (y - y.mean(0)).double().pow(2).sum((0, 2)).clamp_min(1e-12)
     candidates = [{"factor": f, "l0": s["active"] / n / model.n_layers,
                    "fvu": float((s["error"] / variance).mean())} for f, s in sums.items()]
-    allowed = [c for c in candidates if c["l0"] <= L0_SLACK * topk_l0] or [min(candidates, key=lambda c: c["l0"])]
-    best = min(allowed, key=lambda c: c["fvu"])
+    best = best_factor(candidates, topk_l0)
     model.threshold.copy_(thresholds[best["factor"]])
     return {"calibration_tokens": n, "features_never_picked": int((counts == 0).sum()),
             "topk_l0_on_calibration": topk_l0, "topk_fvu_on_calibration": float((topk_error / variance).mean()),
@@ -321,106 +258,88 @@ def train_cross_layer_transcoder(*, shard_paths, out_dir: str | Path, out_metric
     if len(shard_paths) != len(layers):
         raise ValueError(f"{len(shard_paths)} activation shards given for layers {list(layers)}")
     started = time.perf_counter()
-    shards = _aligned_shards(shard_paths)
-    n_layers, d_model = len(layers), shards[0].d_model
-    seed = training.seed * 1000 + 999  # apart from every per-layer transcoder's seed
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    batches = _LockstepBatches(shards, training, [training.seed, 999])
-    device = torch.device(training.device)
-    eval_x, eval_y = (t.to(device) for t in batches.eval_set())
+    kind = CrossLayerKind(aligned_shards(shard_paths), architecture, training, Path(out_dir), out_metrics)
+    return train(kind, training, started)
 
-    model = CrossLayerTranscoder(n_layers, d_model, dataclasses.replace(architecture, activation="topk"))
-    parameters = sum(p.numel() for p in model.parameters())
-    log.info("CLT over %d layers: %d features per layer, %.1fM parameters (%.2f GB float32, about 4x that with "
-             "gradients and Adam's moments)", n_layers, model.n_features, parameters / 1e6, parameters * 4 / 1e9)
-    stream = iter(batches)
-    first_x, first_y = next(stream)
-    scale_x = torch.tensor([centred_rms(first_x[:, i]) for i in range(n_layers)])
-    scale_y = torch.tensor([centred_rms(first_y[:, i]) for i in range(n_layers)])
-    first_x, first_y = first_x / scale_x[:, None], first_y / scale_y[:, None]
-    _init_from_data(model, first_x, first_y, generator)
-    model.to(device)
-    first_x, first_y = first_x.to(device), first_y.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, training))
-    tokens_since_fired = torch.zeros(n_layers, model.n_features, dtype=torch.long, device=device)
-    curve: list[dict] = []
-    checkpoint = Checkpoint(Path(out_dir) / "checkpoints" / "clt.pt",
-                            training_fingerprint(shards, architecture, training, None, "clt"))
-    resample_generator = torch.Generator(device=device).manual_seed(seed + 1)
-    start_step = checkpoint.restore(model, optimizer, scheduler, tokens_since_fired, curve, resample_generator)
-    for _ in range(max(start_step - 1, 0)):  # the seeded stream replays to where the checkpoint was
-        next(stream)
-    progress = Progress(log, "train_cross_layer_transcoder", training.steps, "steps", training.log_every_s)
-    progress.update(start_step)
-    x, y = first_x, first_y
-    loop_started = time.perf_counter()
-    for step in range(start_step, training.steps):
-        if step:
-            x, y = next(stream)
-            x, y = (x / scale_x[:, None]).to(device), (y / scale_y[:, None]).to(device)
+
+class CrossLayerKind:
+    """What `circuitflow.transcoders.trainer.train` needs to know about a CLT. It trains as TopK
+    (`model`); calibration copies it into the JumpReLU CLT that is saved (`saved`)."""
+
+    name, reports_step_costs, layer, controller, resamples = "clt", True, None, None, True
+    label = "train_cross_layer_transcoder"
+
+    def __init__(self, shards: list[ActivationShard], architecture, settings: TrainingSettings, out_dir: Path,
+                 out_metrics):
+        self.shards, self.architecture, self.settings = shards, architecture, settings
+        self.out_dir, self.out_metrics = out_dir, out_metrics
+        self.n_layers, self.d_model = len(shards), shards[0].d_model
+        self.seed = settings.seed * 1000 + 999  # apart from every per-layer transcoder's seed
+        self.feature_shape = (self.n_layers, architecture.n_features)
+        self.checkpoint_path = out_dir / "checkpoints" / "clt.pt"
+        self.saved = None
+
+    init, resample = staticmethod(_init_from_data), staticmethod(_resample)
+
+    def batches(self) -> LockstepBatches:
+        return LockstepBatches(self.shards, self.settings, [self.settings.seed, 999])
+
+    def build(self) -> CrossLayerTranscoder:
+        model = CrossLayerTranscoder(self.n_layers, self.d_model,
+                                     dataclasses.replace(self.architecture, activation="topk"))
+        self.parameters = sum(p.numel() for p in model.parameters())
+        log.info("CLT over %d layers: %d features per layer, %.1fM parameters (%.2f GB float32, about 4x that "
+                 "with gradients and Adam's moments)", self.n_layers, model.n_features, self.parameters / 1e6,
+                 self.parameters * 4 / 1e9)
+        return model
+
+    def scales(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per layer, as [n_layers, 1]: they broadcast over a lockstep batch [B, n_layers, d]."""
+        return tuple(torch.tensor([centred_rms(t[:, i]) for i in range(self.n_layers)])[:, None] for t in (x, y))
+
+    def loss(self, model: CrossLayerTranscoder, x, y, tokens_since_fired):
         picked, y_hat = sparse_forward(model, x)
         loss_fvu = _mean_fvu(y, y_hat)
         fired = torch.zeros_like(tokens_since_fired, dtype=torch.bool)
         for layer, (_, indices, acts) in enumerate(picked):
             fired[layer, indices[acts > 0]] = True
-        dead = tokens_since_fired >= training.dead_tokens
-        aux = _auxk(model, picked, (y - y_hat).detach(), dead) if training.auxk_alpha else loss_fvu.new_zeros(())
-        loss = loss_fvu + training.auxk_alpha * aux
-        tokens_since_fired += x.shape[0]
-        tokens_since_fired[fired] = 0
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        dead = tokens_since_fired >= self.settings.dead_tokens
+        alpha = self.settings.auxk_alpha
+        aux = _auxk(model, picked, (y - y_hat).detach(), dead) if alpha else loss_fvu.new_zeros(())
+        return loss_fvu, aux, loss_fvu + alpha * aux, fired
+
+    def constrain_gradients(self, model: CrossLayerTranscoder) -> None:
         _constrain_decoders(model, gradients=True)
-        optimizer.step()
-        scheduler.step()
+
+    def after_step(self, model: CrossLayerTranscoder, aux) -> None:
         _constrain_decoders(model, gradients=False)
-        done = step + 1
-        resampled = 0
-        if resample_due(done, training):
-            silent = tokens_since_fired >= training.resample_every * training.batch_size
-            resampled = _resample(model, optimizer, x, y, silent, resample_generator)
-            tokens_since_fired[silent] = 0
-        record_curve(curve, step, training, loss_fvu, aux, tokens_since_fired, resampled)
-        progress.update(1)
-        if training.checkpoint_every and done % training.checkpoint_every == 0 and done < training.steps:
-            checkpoint.save(done, model, optimizer, scheduler, tokens_since_fired, curve, resample_generator)
-    loop_seconds = time.perf_counter() - loop_started
 
-    saved = CrossLayerTranscoder(n_layers, d_model, architecture).to(device)
-    saved.load_state_dict(model.state_dict(), strict=False)  # the same weights, plus thresholds
-    calibration = calibrate_cross_layer_thresholds(saved, *take_tokens(
-        stream, training.calibration_tokens, scale_x[:, None], scale_y[:, None], device))
-    _fold_scales(saved, scale_x.to(device), scale_y.to(device))
-    _fold_scales(model, scale_x.to(device), scale_y.to(device))
-    calibration["topk_before_calibration"] = evaluate_cross_layer(model, eval_x, eval_y, topk=True)
-    held_out = evaluate_cross_layer(saved, eval_x, eval_y)
-    dead = (tokens_since_fired >= training.dead_tokens).float().mean(1)
-    for row, dead_fraction in zip(held_out["layers"], dead.tolist()):
-        row["dead_fraction"] = dead_fraction
-    metrics = {
-        "kind": "cross_layer_transcoder", "n_layers": n_layers, **held_out,
-        "max_dead_fraction": float(dead.max()), "calibration": calibration,
-        "parameters": parameters, "dead_definition": f"no activation in the last {training.dead_tokens} training tokens",
-        "eval_tokens": int(eval_x.shape[0]), "tokens_seen": training.steps * training.batch_size,
-        "shard_tokens": shards[0].n_rows, "steps": training.steps, "resumed_from_step": start_step,
-        "seconds": time.perf_counter() - started,
-        "seconds_per_step": loop_seconds / max(training.steps - start_step, 1),
-        "training_tokens_per_second": (training.steps - start_step) * training.batch_size / max(loop_seconds, 1e-9),
-        "peak_rss_gb": _peak_rss_gb(), "curve": curve, "training": dataclasses.asdict(training),
-    }
-    save_cross_layer_transcoder(saved, out_dir)
-    write_json(out_metrics, metrics)
-    checkpoint.remove()
-    before = calibration["topk_before_calibration"]
-    log.info("CLT: held-out mean FVU %.4f at mean L0 %.1f (TopK before calibration: %.4f at %.1f); max dead %.3f; "
-             "%.2f s/step, %.1fs in all", metrics["mean_fvu"], metrics["mean_l0"], before["mean_fvu"],
-             before["mean_l0"], metrics["max_dead_fraction"], metrics["seconds_per_step"], metrics["seconds"])
-    return metrics
+    def calibrate(self, model: CrossLayerTranscoder, tokens) -> dict:
+        self.saved = CrossLayerTranscoder(self.n_layers, self.d_model, self.architecture).to(model.b_dec.device)
+        self.saved.load_state_dict(model.state_dict(), strict=False)  # the same weights, plus thresholds
+        return calibrate_cross_layer_thresholds(self.saved, *tokens())
 
+    def fold_scales(self, model: CrossLayerTranscoder, scale_x: torch.Tensor, scale_y: torch.Tensor) -> None:
+        device = model.b_dec.device
+        for each in (self.saved, model):
+            _fold_scales(each, scale_x[:, 0].to(device), scale_y[:, 0].to(device))
 
-def _peak_rss_gb() -> float:
-    import resource
+    def evaluate(self, model: CrossLayerTranscoder, x, y, as_trained: bool = False) -> dict:
+        return evaluate_cross_layer(model, x, y, topk=True) if as_trained else evaluate_cross_layer(self.saved, x, y)
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kilobytes on Linux
+    def metrics(self, model: CrossLayerTranscoder, eval_x, eval_y, calibration: dict, tokens_since_fired) -> dict:
+        held_out = self.evaluate(model, eval_x, eval_y)
+        dead = (tokens_since_fired >= self.settings.dead_tokens).float().mean(1)
+        for row, dead_fraction in zip(held_out["layers"], dead.tolist()):
+            row["dead_fraction"] = dead_fraction
+        return {"kind": "cross_layer_transcoder", "n_layers": self.n_layers, **held_out,
+                "max_dead_fraction": float(dead.max()), "calibration": calibration, "parameters": self.parameters}
+
+    def save(self, model: CrossLayerTranscoder) -> None:
+        save_cross_layer_transcoder(self.saved, self.out_dir)
+
+    def log_summary(self, metrics: dict) -> None:
+        before = metrics["calibration"]["topk_before_calibration"]
+        log.info("CLT: held-out mean FVU %.4f at mean L0 %.1f (TopK before calibration: %.4f at %.1f); max dead "
+                 "%.3f; %.2f s/step, %.1fs in all", metrics["mean_fvu"], metrics["mean_l0"], before["mean_fvu"],
+                 before["mean_l0"], metrics["max_dead_fraction"], metrics["seconds_per_step"], metrics["seconds"])

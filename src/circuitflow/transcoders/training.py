@@ -5,19 +5,20 @@ follow the TopK recipe of Gao et al. and EleutherAI's sparsify): FVU loss, AuxK 
 latents (alpha 1/32, k_aux = d_model/2), Adam with linear warmup and linear decay, decoder
 rows kept at unit norm (with the parallel gradient component removed), ``b_dec`` initialised
 to the mean MLP output and ``b_enc`` centring the mean input; silent latents are restarted on
-badly reconstructed tokens (`resample_dead_latents`), and checkpoints make a run resumable
-(`Checkpoint`). A JumpReLU transcoder is trained as TopK, then given per-feature thresholds
+badly reconstructed tokens (`resample_dead_latents`), and checkpoints make a run resumable.
+A JumpReLU transcoder is trained as TopK, then given per-feature thresholds
 (`calibrate_thresholds`), or, with ``jumprelu_training: ste``, trained directly with
 straight-through threshold gradients (`circuitflow.transcoders.jumprelu_ste`); either way
 circuit-tracer's own loader reads it. The architecture and the
 training settings arrive separately (`TrainTranscoderSettings`), as in sparsify.
+
+The loop is `circuitflow.transcoders.trainer.train`'s, shared with the cross-layer
+transcoder; this module is the per-layer kind (`PerLayerKind`) and its sparsity objectives.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -30,70 +31,18 @@ import torch.nn.functional as F
 from circuitflow.activations.shards import ActivationShard
 from circuitflow.config import TrainingSettings, TrainTranscoderSettings
 from circuitflow.config_rules import TOPK_TRAINED, check_sparsity
-from circuitflow.io import atomic_path, keyed, sha256_file, write_json
-from circuitflow.logs import Progress, pick_device
+from circuitflow.io import keyed
+from circuitflow.logs import pick_device
 from circuitflow.paths import RunPaths
+from circuitflow.transcoders.batches import ShardBatches, centred_rms
 from circuitflow.transcoders.jumprelu_ste import L0Controller, initial_thresholds, jumprelu_ste
 from circuitflow.transcoders.single_layer import ReluTopK, Transcoder, save_transcoder
+from circuitflow.transcoders.thresholds import THRESHOLD_SCALES, base_thresholds, best_factor, topk_counts
+from circuitflow.transcoders.trainer import forget_moments, fvu, restart_rows, train
 
 log = logging.getLogger("circuitflow.transcoders")
 
 TRAINABLE = ("topk", "jumprelu", "relu")
-
-
-class ShardBatches:
-    """Seeded streaming batches from one shard: row groups in random order, rows shuffled
-    within a buffer of `shuffle_row_groups` row groups. The last `eval_tokens` rows are held out."""
-
-    def __init__(self, shard: ActivationShard, settings: TrainingSettings, rng: np.random.Generator):
-        self.shard, self.settings, self.rng = shard, settings, rng
-        self.train_rows = shard.n_rows - settings.eval_tokens
-        if self.train_rows < settings.batch_size:
-            raise ValueError(
-                f"activation shard {shard.path} has {shard.n_rows} tokens: too few for eval_tokens="
-                f"{settings.eval_tokens} plus one batch of {settings.batch_size}")
-        self.offsets = np.cumsum([0] + shard.row_group_sizes)
-
-    def _row_group(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        data = self.shard.read_row_group(index)
-        keep = max(0, min(len(data["mlp_in"]), self.train_rows - self.offsets[index]))
-        return data["mlp_in"][:keep], data["mlp_out"][:keep]
-
-    def eval_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        for index in range(len(self.shard.row_group_sizes)):
-            if self.offsets[index + 1] <= self.train_rows:
-                continue
-            data = self.shard.read_row_group(index)
-            skip = max(0, self.train_rows - self.offsets[index])
-            xs.append(data["mlp_in"][skip:])
-            ys.append(data["mlp_out"][skip:])
-        return (torch.from_numpy(np.concatenate(xs).astype(np.float32)),
-                torch.from_numpy(np.concatenate(ys).astype(np.float32)))
-
-    def __iter__(self):
-        groups = [i for i in range(len(self.shard.row_group_sizes)) if self.offsets[i] < self.train_rows]
-        size = self.settings.batch_size
-        leftover_x = leftover_y = None
-        while True:  # epochs until the caller stops
-            order = self.rng.permutation(groups)
-            for start in range(0, len(order), self.settings.shuffle_row_groups):
-                parts = [self._row_group(i) for i in order[start:start + self.settings.shuffle_row_groups]]
-                x = np.concatenate([p[0] for p in parts] + ([leftover_x] if leftover_x is not None else []))
-                y = np.concatenate([p[1] for p in parts] + ([leftover_y] if leftover_y is not None else []))
-                perm = self.rng.permutation(len(x))
-                full = len(x) // size * size
-                for b in range(0, full, size):
-                    idx = perm[b:b + size]
-                    yield (torch.from_numpy(x[idx].astype(np.float32)),
-                           torch.from_numpy(y[idx].astype(np.float32)))
-                rest = perm[full:]
-                leftover_x, leftover_y = x[rest], y[rest]
-
-
-def fvu(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
-    """Fraction of variance unexplained: sum of squared error over total variance of y."""
-    return (y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12)
 
 
 def topk_forward(model: Transcoder, x: torch.Tensor, bf16: bool = False):
@@ -144,90 +93,19 @@ def _init_from_data(model: Transcoder, x: torch.Tensor, y: torch.Tensor, generat
             model.b_enc.mul_(scale)
 
 
-RESTART_CAP = 4.0  # restarted pre-activations are capped at this x the batch's 99th-percentile active one
-
-
 @torch.no_grad()
 def resample_dead_latents(model: Transcoder, optimizer, x: torch.Tensor, y: torch.Tensor, silent: torch.Tensor,
                           generator: torch.Generator) -> int:
-    """Restart the `silent` latents on this batch's worst-reconstructed tokens (drawn with
-    probability proportional to the squared error): decoder row = that token's error direction,
-    encoder row = its centred input direction, scaled so the token's pre-activation equals its
-    error's norm (alone, the latent would remove that token's error; on similar tokens it
-    competes for TopK), capped at `RESTART_CAP` x the batch's 99th-percentile active
-    pre-activation. Their Adam moments are reset. Returns how many were restarted.
-    Measured on SmolLM2 (benchmarks/peer_training.py): a target at the batch's median k-th
-    pre-activation left 1.7 % of layer 12's latents dead, this one 0.6 %."""
+    """Restart the `silent` latents on this batch's worst-reconstructed tokens (`restart_rows`)
+    and reset their Adam moments. Returns how many were restarted."""
     ids = silent.nonzero().squeeze(-1)
     if ids.numel() == 0:
         return 0
     pre, _, _, y_hat = topk_forward(model, x)
-    error = (y - y_hat).pow(2).sum(-1)
-    picks = torch.multinomial(error.clamp_min(1e-12), ids.numel(), replacement=ids.numel() > len(x),
-                              generator=generator)
-    x_centred = x[picks] - x.mean(0)
-    # Capped: restarts on massive-activation tokens would otherwise fire hugely on their
-    # neighbours (layer 11 of SmolLM2: held-out FVU 1.07 uncapped, 0.27 capped).
-    cap = RESTART_CAP * float(torch.quantile(pre.topk(model.k, dim=-1).values.flatten(), 0.99))
-    target = (y - y_hat)[picks].norm(dim=-1, keepdim=True).clamp(max=cap)
-    directions = F.normalize(x_centred, dim=-1)
-    encoder = directions * (target / x_centred.norm(dim=-1, keepdim=True).clamp_min(1e-6))
-    model.W_enc[ids] = encoder
-    model.b_enc[ids] = -(x.mean(0) @ encoder.T)
-    model.W_dec[ids] = F.normalize((y - y_hat)[picks], dim=-1)
-    for parameter in (model.W_enc, model.b_enc, model.W_dec):
-        state = optimizer.state.get(parameter, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                state[key][ids] = 0
+    model.W_enc[ids], model.b_enc[ids], model.W_dec[ids] = restart_rows(x, y - y_hat, pre, model.k, ids.numel(),
+                                                                        generator)
+    forget_moments(optimizer, [(parameter, ids) for parameter in (model.W_enc, model.b_enc, model.W_dec)])
     return int(ids.numel())
-
-
-def lr_factor(step: int, settings: TrainingSettings) -> float:
-    if step < settings.warmup_steps:
-        return (step + 1) / settings.warmup_steps
-    span = max(settings.steps - settings.warmup_steps, 1)
-    progress = (step - settings.warmup_steps) / span
-    return 1.0 - (1.0 - settings.final_lr_fraction) * progress
-
-
-def topk_counts(indices: torch.Tensor, acts: torch.Tensor, n_features: int) -> torch.Tensor:
-    """How often TopK let each feature fire ([n_features], from topk indices and values)."""
-    counts = torch.zeros(n_features, dtype=torch.long, device=indices.device)
-    counts.scatter_add_(0, indices[acts > 0], torch.ones_like(indices[acts > 0]))
-    return counts
-
-
-def base_thresholds(pre: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Per-feature thresholds that keep TopK's firing counts on these pre-activations [tokens,
-    features]: midway between each feature's c-th and (c+1)-th largest value; a feature TopK
-    never picked gets its largest value (it stays silent)."""
-    ranked = pre.sort(dim=0, descending=True).values
-    n = ranked.shape[0]
-    above = ranked.gather(0, (counts - 1).clamp(0, n - 1)[None])[0]
-    below = ranked.gather(0, counts.clamp(max=n - 1)[None])[0]
-    base = torch.where(counts == 0, ranked[0], (above + below) / 2)
-    return torch.where(counts >= n, torch.zeros_like(base), base).clamp_min(0)
-
-
-def resample_due(done: int, settings: TrainingSettings) -> bool:
-    """Whether silent latents are restarted after step `done` (every `resample_every` steps
-    until `resample_until_fraction` of training)."""
-    return bool(settings.resample_every and done % settings.resample_every == 0
-                and done <= settings.resample_until_fraction * settings.steps)
-
-
-def record_curve(curve: list, step: int, settings: TrainingSettings, loss_fvu, aux, tokens_since_fired,
-                 resampled: int) -> None:
-    """Append the loss curve's point for `step`: 20 points in all, plus every resampling."""
-    if step % max(settings.steps // 20, 1) == 0 or step == settings.steps - 1 or resampled:
-        curve.append({"step": step, "fvu": float(loss_fvu.detach()), "aux": float(aux.detach()),
-                      "dead": int((tokens_since_fired >= settings.dead_tokens).sum()),
-                      **({"resampled": resampled} if resampled else {})})
-
-
-THRESHOLD_SCALES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.35, 1.5, 1.75, 2.0)
-L0_SLACK = 1.05  # a calibrated JumpReLU may fire at most 5 % more often than TopK did
 
 
 @torch.no_grad()
@@ -251,8 +129,7 @@ def calibrate_thresholds(model: Transcoder, x: torch.Tensor, y: torch.Tensor) ->
         jump_acts = pre * (pre > threshold)
         candidates.append({"factor": factor, "l0": float((jump_acts > 0).sum()) / n,
                            "fvu": float(fvu(y, model.decode(jump_acts, x))), "threshold": threshold})
-    allowed = [c for c in candidates if c["l0"] <= L0_SLACK * topk_l0] or [min(candidates, key=lambda c: c["l0"])]
-    best = min(allowed, key=lambda c: c["fvu"])
+    best = best_factor(candidates, topk_l0)
     model.threshold.copy_(best["threshold"])
     return {"calibration_tokens": n, "features_never_picked": int((counts == 0).sum()),
             "topk_l0_on_calibration": topk_l0, "topk_fvu_on_calibration": float(fvu(y, y_topk)),
@@ -276,6 +153,181 @@ def evaluate(model: Transcoder, x: torch.Tensor, y: torch.Tensor, activation: st
         "l0": float((acts > 0).float().sum(-1).mean()),
         "fraction_never_fired_on_eval": float(1 - fired.float().mean()),
     }
+
+
+@torch.no_grad()
+def _fold_scales(model: Transcoder, scale_x: float, scale_y: float) -> None:
+    """Turn a transcoder of x/scale_x -> y/scale_y into one of x -> y (same features).
+
+    TopK, ReLU and JumpReLU are positively homogeneous, so scaling the encoder by scale_y
+    scales the activations by scale_y; decoder rows keep their unit norm.
+    """
+    model.W_enc.mul_(scale_y / scale_x)
+    model.b_enc.mul_(scale_y)
+    model.b_dec.mul_(scale_y)
+    if model.W_skip is not None:
+        model.W_skip.mul_(scale_y / scale_x)
+    if model.threshold is not None:
+        model.threshold.mul_(scale_y)
+
+
+def _remove_parallel_gradient(model: Transcoder) -> None:
+    """Keep decoder rows on the unit sphere: drop the gradient component along each row."""
+    grad = model.W_dec.grad
+    if grad is not None:
+        rows = F.normalize(model.W_dec.detach(), dim=-1)
+        grad -= (grad * rows).sum(-1, keepdim=True) * rows
+
+
+class TopKObjective:
+    """FVU plus AuxK on dead latents: TopK training, also of a JumpReLU transcoder whose
+    thresholds are calibrated afterwards. Its other hooks do nothing, as the other objectives'
+    do unless they say otherwise."""
+
+    resamples, controller = True, None
+
+    def __init__(self, settings: TrainingSettings, k: int, calibrated: bool = False):
+        self.settings, self.k, self.calibrated = settings, k, calibrated
+
+    def loss(self, model: Transcoder, x, y, tokens_since_fired):
+        pre, indices, acts, y_hat = topk_forward(model, x, bf16=x.device.type == "cuda")
+        loss_fvu = fvu(y, y_hat)
+        fired = torch.zeros(model.n_features, dtype=torch.bool, device=x.device)
+        fired[indices[acts > 0]] = True
+        dead = tokens_since_fired >= self.settings.dead_tokens
+        alpha = self.settings.auxk_alpha
+        aux = auxk_loss(model, pre, (y - y_hat).detach(), dead) if alpha else pre.new_zeros(())
+        return loss_fvu, aux, loss_fvu + alpha * aux, fired
+
+    def init(self, model: Transcoder, x: torch.Tensor) -> None:
+        pass
+
+    def after_step(self, model: Transcoder, aux) -> None:
+        pass
+
+    def after_resample(self, model: Transcoder, silent: torch.Tensor, resampled: int) -> None:
+        pass
+
+    def calibrate(self, model: Transcoder, tokens) -> dict:
+        return calibrate_thresholds(model, *tokens()) if self.calibrated else {}
+
+    def metrics(self) -> dict:
+        return {}
+
+
+class L1Objective(TopKObjective):
+    """ReLU: FVU plus L1 on activations scaled by decoder norms, relative to the output's scale.
+    Nothing is restarted."""
+
+    resamples = False
+
+    def loss(self, model: Transcoder, x, y, tokens_since_fired):
+        acts = F.relu(model.pre_activations(x))
+        loss_fvu = fvu(y, model.decode(acts, x))
+        scale = (y - y.mean(0)).pow(2).sum(-1).mean().sqrt().clamp_min(1e-6)
+        aux = (acts * model.W_dec.norm(dim=-1)).sum(-1).mean() / scale
+        return loss_fvu, aux, loss_fvu + self.settings.l1_coefficient * aux, (acts > 0).any(0)
+
+
+class StraightThroughObjective(TopKObjective):
+    """JumpReLU trained directly (``jumprelu_training: ste``): FVU plus the L0 penalty whose
+    coefficient `L0Controller` adapts. Thresholds start where each feature fires on k /
+    n_features of the first batch and stay non-negative; a restarted latent gets the median
+    threshold, so it fires where it was restarted, like a typical one."""
+
+    def __init__(self, settings: TrainingSettings, k: int):
+        super().__init__(settings, k)
+        self.controller = L0Controller(k)
+
+    def loss(self, model: Transcoder, x, y, tokens_since_fired):
+        acts, l0_per_token = jumprelu_ste(model.pre_activations(x), model.threshold, self.settings.ste_bandwidth)
+        loss_fvu = fvu(y, model.decode(acts, x))
+        aux = l0_per_token.mean()  # logged as the curve's "aux": the L0 that the penalty holds near k
+        return loss_fvu, aux, loss_fvu + self.controller.coefficient * aux / self.k, (acts > 0).any(0)
+
+    def init(self, model: Transcoder, x: torch.Tensor) -> None:
+        model.threshold.copy_(initial_thresholds(model.pre_activations(x), self.k))
+
+    def after_step(self, model: Transcoder, aux) -> None:
+        model.threshold.clamp_(min=0)
+        self.controller.update(float(aux))
+
+    def after_resample(self, model: Transcoder, silent: torch.Tensor, resampled: int) -> None:
+        if resampled:
+            model.threshold[silent] = model.threshold[~silent].median() if (~silent).any() else 0.0
+
+    def metrics(self) -> dict:
+        return {"ste": {"bandwidth": self.settings.ste_bandwidth,
+                        "final_l0_coefficient": self.controller.coefficient}}
+
+
+class PerLayerKind:
+    """What `circuitflow.transcoders.trainer.train` needs to know about one layer's transcoder."""
+
+    name, reports_step_costs = "plt", False
+
+    def __init__(self, shard: ActivationShard, layer: int, architecture, settings: TrainingSettings, out_weights,
+                 out_architecture, out_metrics, checkpoint_dir: Path):
+        self.shards, self.layer, self.architecture, self.settings = [shard], layer, architecture, settings
+        self.out_weights, self.out_architecture, self.out_metrics = out_weights, out_architecture, out_metrics
+        self.checkpoint_path = checkpoint_dir / f"layer_{layer}.pt"
+        self.seed, self.label = settings.seed * 1000 + layer, f"train_transcoder layer {layer}"
+        self.feature_shape = (architecture.n_features,)
+        if architecture.activation == "jumprelu" and settings.jumprelu_training == "ste":
+            self.objective = StraightThroughObjective(settings, architecture.k)
+        elif architecture.activation in TOPK_TRAINED:
+            self.objective = TopKObjective(settings, architecture.k, calibrated=architecture.activation == "jumprelu")
+        else:
+            self.objective = L1Objective(settings, architecture.k)
+        self.resamples, self.controller = self.objective.resamples, self.objective.controller
+        self.loss, self.calibrate = self.objective.loss, self.objective.calibrate
+
+    def batches(self) -> ShardBatches:
+        return ShardBatches(self.shards[0], self.settings, np.random.default_rng([self.settings.seed, self.layer]))
+
+    def build(self) -> Transcoder:
+        return Transcoder(self.shards[0].d_model, self.architecture)
+
+    def scales(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        return centred_rms(x), centred_rms(y)
+
+    @torch.no_grad()
+    def init(self, model: Transcoder, x, y, generator) -> None:
+        _init_from_data(model, x, y, generator)
+        self.objective.init(model, x)
+
+    constrain_gradients, fold_scales = staticmethod(_remove_parallel_gradient), staticmethod(_fold_scales)
+
+    @torch.no_grad()
+    def after_step(self, model: Transcoder, aux) -> None:
+        model.W_dec.copy_(F.normalize(model.W_dec, dim=-1))
+        self.objective.after_step(model, aux)
+
+    @torch.no_grad()
+    def resample(self, model: Transcoder, optimizer, x, y, silent, generator) -> int:
+        resampled = resample_dead_latents(model, optimizer, x, y, silent, generator)
+        self.objective.after_resample(model, silent, resampled)
+        return resampled
+
+    def evaluate(self, model: Transcoder, x, y, as_trained: bool = False) -> dict:
+        return evaluate(model, x, y, activation="topk" if as_trained else None)
+
+    def metrics(self, model: Transcoder, eval_x, eval_y, calibration: dict, tokens_since_fired) -> dict:
+        return {"layer": self.layer, **self.evaluate(model, eval_x, eval_y),
+                **({"calibration": calibration} if calibration else {}), **self.objective.metrics(),
+                "dead_fraction": float((tokens_since_fired >= self.settings.dead_tokens).float().mean())}
+
+    def save(self, model: Transcoder) -> None:
+        save_transcoder(model, self.layer, self.out_weights, self.out_architecture)
+
+    def log_summary(self, metrics: dict) -> None:
+        log.info("layer %d: FVU %.4f, L0 %.1f, dead %.3f, %d tokens in %.1fs", self.layer, metrics["fvu"],
+                 metrics["l0"], metrics["dead_fraction"], metrics["tokens_seen"], metrics["seconds"])
+        if "calibration" in metrics:
+            calibration, before = metrics["calibration"], metrics["calibration"]["topk_before_calibration"]
+            log.info("layer %d: JumpReLU thresholds from %d tokens: held-out FVU %.4f and L0 %.1f (TopK before: "
+                     "%.4f and %.1f)", self.layer, calibration["calibration_tokens"], metrics["fvu"], metrics["l0"],
+                     before["fvu"], before["l0"])
 
 
 def train_transcoders(*, shard_paths: Sequence[str | Path], layers: Sequence[int], out_dir: str | Path,
@@ -305,247 +357,12 @@ def train_transcoder(*, shard_path: str | Path, layer: int, out_weights: str | P
     """Train one layer's transcoder from its activation shard; write weights, architecture, metrics.
     Checkpoints go to `checkpoint_dir` (default: ``checkpoints/`` beside the weights)."""
     architecture = settings.architecture
-    settings = dataclasses.replace(settings.training, device=pick_device(settings.training.device))
+    training = dataclasses.replace(settings.training, device=pick_device(settings.training.device))
     if architecture.activation not in TRAINABLE:
         raise ValueError(f"transcoder.activation {architecture.activation!r}: training supports {TRAINABLE}")
     check_sparsity(architecture.activation, architecture.k, architecture.n_features)
     started = time.perf_counter()
-    shard = ActivationShard(shard_path)
-    torch.manual_seed(settings.seed * 1000 + layer)
-    generator = torch.Generator().manual_seed(settings.seed * 1000 + layer)
-    rng = np.random.default_rng([settings.seed, layer])
-    batches = ShardBatches(shard, settings, rng)
-    device = torch.device(settings.device)
-    eval_x, eval_y = (t.to(device) for t in batches.eval_set())
-
-    model = Transcoder(shard.d_model, architecture)
-    stream = iter(batches)
-    first_x, first_y = next(stream)
-    # Train on inputs and outputs rescaled to unit RMS, so the learning rate means the same
-    # for every model and layer (MLP output scales differ by orders of magnitude); the scales
-    # are folded back into the weights before saving.
-    scale_x, scale_y = centred_rms(first_x), centred_rms(first_y)
-    first_x, first_y = (first_x / scale_x).to(device), (first_y / scale_y).to(device)
-    _init_from_data(model, first_x.cpu(), first_y.cpu(), generator)
-    # jumprelu trained with straight-through threshold gradients instead of TopK + calibration
-    ste = architecture.activation == "jumprelu" and settings.jumprelu_training == "ste"
-    topk_trained = architecture.activation in TOPK_TRAINED and not ste
-    controller = L0Controller(architecture.k) if ste else None
-    if ste:
-        with torch.no_grad():
-            model.threshold.copy_(initial_thresholds(model.pre_activations(first_x.cpu()), architecture.k))
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings))
-    tokens_since_fired = torch.zeros(architecture.n_features, dtype=torch.long, device=device)
-    curve = []
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else Path(out_weights).parent / "checkpoints"
-    checkpoint = Checkpoint(checkpoint_dir / f"layer_{layer}.pt",
-                            training_fingerprint([shard], architecture, settings, layer, "plt"))
-    resample_generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + layer + 1)
-    start_step = checkpoint.restore(model, optimizer, scheduler, tokens_since_fired, curve, resample_generator,
-                                    controller)
-    for _ in range(max(start_step - 1, 0)):  # the stream is seeded: replaying it skips the seen batches
-        next(stream)
-    progress = Progress(log, f"train_transcoder layer {layer}", settings.steps, "steps", settings.log_every_s)
-    progress.update(start_step)
-    x, y = first_x, first_y
-    loop_started = time.perf_counter()
-    for step in range(start_step, settings.steps):
-        if step:
-            x, y = next(stream)
-            x, y = (x / scale_x).to(device), (y / scale_y).to(device)
-        if ste:
-            acts, l0_per_token = jumprelu_ste(model.pre_activations(x), model.threshold, settings.ste_bandwidth)
-            y_hat = model.decode(acts, x)
-            loss_fvu = fvu(y, y_hat)
-            fired = (acts > 0).any(0)
-            aux = l0_per_token.mean()  # logged as the curve's "aux": the L0 that the penalty holds near k
-            loss = loss_fvu + controller.coefficient * aux / architecture.k
-        elif topk_trained:
-            pre, indices, acts, y_hat = topk_forward(model, x, bf16=device.type == "cuda")
-            loss_fvu = fvu(y, y_hat)
-            fired = torch.zeros(architecture.n_features, dtype=torch.bool, device=device)
-            fired[indices[acts > 0]] = True
-            dead = tokens_since_fired >= settings.dead_tokens
-            aux = auxk_loss(model, pre, (y - y_hat).detach(), dead) if settings.auxk_alpha else pre.new_zeros(())
-            loss = loss_fvu + settings.auxk_alpha * aux
-        else:
-            acts = F.relu(model.pre_activations(x))
-            y_hat = model.decode(acts, x)
-            loss_fvu = fvu(y, y_hat)
-            fired = (acts > 0).any(0)
-            # L1 on activations scaled by decoder norms, relative to the output's scale.
-            scale = (y - y.mean(0)).pow(2).sum(-1).mean().sqrt().clamp_min(1e-6)
-            aux = (acts * model.W_dec.norm(dim=-1)).sum(-1).mean() / scale
-            loss = loss_fvu + settings.l1_coefficient * aux
-        tokens_since_fired += x.shape[0]
-        tokens_since_fired[fired] = 0
-
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        _remove_parallel_gradient(model)
-        optimizer.step()
-        scheduler.step()
-        with torch.no_grad():
-            model.W_dec.copy_(F.normalize(model.W_dec, dim=-1))
-            if ste:
-                model.threshold.clamp_(min=0)
-                controller.update(float(aux))
-        done = step + 1
-        resampled = 0
-        if architecture.activation in TOPK_TRAINED and resample_due(done, settings):
-            silent = tokens_since_fired >= settings.resample_every * settings.batch_size
-            resampled = resample_dead_latents(model, optimizer, x, y, silent, resample_generator)
-            if ste and resampled:
-                with torch.no_grad():  # a restarted latent fires where it was restarted, like a typical one
-                    model.threshold[silent] = model.threshold[~silent].median() if (~silent).any() else 0.0
-            tokens_since_fired[silent] = 0
-        record_curve(curve, step, settings, loss_fvu, aux, tokens_since_fired, resampled)
-        progress.update(1)
-        if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps:
-            checkpoint.save(done, model, optimizer, scheduler, tokens_since_fired, curve, resample_generator,
-                            controller)
-
-    loop_seconds = time.perf_counter() - loop_started
-    calibration = {}
-    if architecture.activation == "jumprelu" and not ste:
-        calibration = calibrate_thresholds(model, *take_tokens(stream, settings.calibration_tokens, scale_x,
-                                                                scale_y, device))
-    _fold_scales(model, scale_x, scale_y)
-    if calibration:
-        calibration["topk_before_calibration"] = evaluate(model, eval_x, eval_y, activation="topk")
-    metrics = {
-        "layer": layer,
-        **evaluate(model, eval_x, eval_y),
-        **({"calibration": calibration} if calibration else {}),
-        **({"ste": {"bandwidth": settings.ste_bandwidth, "final_l0_coefficient": controller.coefficient}}
-           if ste else {}),
-        "dead_fraction": float((tokens_since_fired >= settings.dead_tokens).float().mean()),
-        "dead_definition": f"no activation in the last {settings.dead_tokens} training tokens",
-        "eval_tokens": int(eval_x.shape[0]),
-        "tokens_seen": settings.steps * settings.batch_size,
-        "shard_tokens": shard.n_rows,
-        "steps": settings.steps,
-        "resumed_from_step": start_step,
-        "seconds": time.perf_counter() - started,
-        "training_tokens_per_second": (settings.steps - start_step) * settings.batch_size / max(loop_seconds, 1e-9),
-        "curve": curve,
-        "training": dataclasses.asdict(settings),
-    }
-    save_transcoder(model, layer, out_weights, out_architecture)
-    write_json(out_metrics, metrics)
-    checkpoint.remove()
-    log.info("layer %d: FVU %.4f, L0 %.1f, dead %.3f, %d tokens in %.1fs", layer, metrics["fvu"],
-             metrics["l0"], metrics["dead_fraction"], metrics["tokens_seen"], metrics["seconds"])
-    if calibration:
-        before = calibration["topk_before_calibration"]
-        log.info("layer %d: JumpReLU thresholds from %d tokens: held-out FVU %.4f and L0 %.1f (TopK before: "
-                 "%.4f and %.1f)", layer, calibration["calibration_tokens"], metrics["fvu"], metrics["l0"],
-                 before["fvu"], before["l0"])
-    return metrics
-
-
-def training_fingerprint(shards: list[ActivationShard], architecture, settings: TrainingSettings, layer,
-                         kind: str) -> str:
-    """What a checkpoint must match to be resumed: the kind (plt or clt), the data (each shard's
-    content hash: shards are uncompressed, so two of the same shape have the same size whatever
-    they hold), the architecture and every training setting that changes the numbers (not the
-    logging or checkpoint cadence)."""
-    training = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("log_every_s", "checkpoint_every")}
-    identity = {"kind": kind, "shards": [[sha256_file(s.path), s.n_rows] for s in shards],
-                "layer": layer, "architecture": dataclasses.asdict(architecture), "training": training}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-class Checkpoint:
-    """A checkpoint file (``checkpoints/layer_{l}.pt`` beside the weights): everything the loop changes (weights,
-    optimizer and scheduler state, dead-latent counters, the curve) after a given step, written
-    atomically. The batch stream is seeded, so a resumed run replays it to the same position and
-    ends with the same weights as an uninterrupted one."""
-
-    def __init__(self, path: str | Path, fingerprint: str):
-        self.path = Path(path)
-        self.fingerprint = fingerprint
-
-    def save(self, step: int, model, optimizer, scheduler, tokens_since_fired, curve, generator,
-             controller=None) -> None:
-        state = {"fingerprint": self.fingerprint, "step": step, "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "tokens_since_fired": tokens_since_fired, "curve": curve, "generator": generator.get_state(),
-                 "controller": controller.state_dict() if controller is not None else None}
-        with atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
-        log.info("checkpoint after step %d: %s", step, self.path)
-
-    def restore(self, model, optimizer, scheduler, tokens_since_fired, curve, generator, controller=None) -> int:
-        """The step to start from: 0, or the one after the last checkpoint of this same run."""
-        if not self.path.is_file():
-            return 0
-        try:
-            state = torch.load(self.path, map_location=tokens_since_fired.device, weights_only=True)
-        except Exception as error:  # a torn or foreign file: train from scratch rather than trust it
-            log.warning("ignoring unreadable checkpoint %s (%s); training from step 0", self.path, error)
-            return 0
-        if state.get("fingerprint") != self.fingerprint:
-            log.warning("discarding checkpoint %s: it was trained on other data, settings or kind; training "
-                        "from step 0", self.path)
-            self.remove()
-            return 0
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        tokens_since_fired.copy_(state["tokens_since_fired"])
-        curve.extend(state["curve"])
-        generator.set_state(state["generator"])
-        if controller is not None:
-            controller.load_state_dict(state["controller"])
-        log.info("resuming from the checkpoint after step %d: %s", state["step"], self.path)
-        return int(state["step"])
-
-    def remove(self) -> None:
-        # The folder stays: layers training side by side share it, and removing it when it looks
-        # empty raced with another layer creating its first checkpoint there.
-        self.path.unlink(missing_ok=True)
-
-
-def take_tokens(stream, n_tokens: int, scale_x, scale_y, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The next `n_tokens` MLP inputs and outputs of the batch stream, rescaled as in training
-    (the scales are numbers, or per-layer tensors that broadcast over a lockstep batch)."""
-    xs, ys, have = [], [], 0
-    while have < n_tokens:
-        x, y = next(stream)
-        xs.append(x)
-        ys.append(y)
-        have += len(x)
-    return ((torch.cat(xs)[:n_tokens] / scale_x).to(device), (torch.cat(ys)[:n_tokens] / scale_y).to(device))
-
-
-def centred_rms(t: torch.Tensor) -> float:
-    """Root mean square of the centred entries (1.0 for a constant tensor)."""
-    rms = float((t - t.mean(0)).pow(2).mean().sqrt())
-    return rms if rms > 0 else 1.0
-
-
-@torch.no_grad()
-def _fold_scales(model: Transcoder, scale_x: float, scale_y: float) -> None:
-    """Turn a transcoder of x/scale_x -> y/scale_y into one of x -> y (same features).
-
-    TopK, ReLU and JumpReLU are positively homogeneous, so scaling the encoder by scale_y
-    scales the activations by scale_y; decoder rows keep their unit norm.
-    """
-    model.W_enc.mul_(scale_y / scale_x)
-    model.b_enc.mul_(scale_y)
-    model.b_dec.mul_(scale_y)
-    if model.W_skip is not None:
-        model.W_skip.mul_(scale_y / scale_x)
-    if model.threshold is not None:
-        model.threshold.mul_(scale_y)
-
-
-def _remove_parallel_gradient(model: Transcoder) -> None:
-    """Keep decoder rows on the unit sphere: drop the gradient component along each row."""
-    grad = model.W_dec.grad
-    if grad is not None:
-        rows = F.normalize(model.W_dec.detach(), dim=-1)
-        grad -= (grad * rows).sum(-1, keepdim=True) * rows
+    kind = PerLayerKind(ActivationShard(shard_path), layer, architecture, training, out_weights, out_architecture,
+                        out_metrics, checkpoint_dir)
+    return train(kind, training, started)

@@ -189,9 +189,9 @@ def calibrate_cross_layer_thresholds(model: CrossLayerTranscoder, x: torch.Tenso
     base, counts = torch.stack(base), torch.stack(counts)
     topk_l0 = float(counts.sum()) / n / model.n_layers
     thresholds = {factor: torch.where(counts == 0, base, base * factor) for factor in THRESHOLD_SCALES}
-    sums = {factor: {"error": torch.zeros(model.n_layers, dtype=torch.float64), "active": 0.0}
+    sums = {factor: {"error": torch.zeros(model.n_layers, dtype=torch.float64, device=x.device), "active": 0.0}
             for factor in THRESHOLD_SCALES}
-    topk_error = torch.zeros(model.n_layers, dtype=torch.float64)
+    topk_error = torch.zeros(model.n_layers, dtype=torch.float64, device=x.device)
     for start in range(0, n, chunk):
         xs, ys = x[start:start + chunk], y[start:start + chunk]
         pres = [model.pre_activations(layer, xs[:, layer]) for layer in model.layers]

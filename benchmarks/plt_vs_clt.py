@@ -77,8 +77,12 @@ def _shape(folder: Path) -> tuple[int, int, bool]:
     return int(config["d_model"]), int(config["n_features"]), bool(config["skip_connection"])
 
 
-def fidelity_figures(run: Path) -> dict:
-    fidelity = json.loads((run / "transcoders" / "fidelity.json").read_text())
+def fidelity_figures(run: Path) -> dict | None:
+    """From ``transcoders/fidelity.json``; None for a run that did not evaluate its set."""
+    path = run / "transcoders" / "fidelity.json"
+    if not path.is_file():
+        return None
+    fidelity = json.loads(path.read_text())
     overall = fidelity["all_layers"]
     return {"mean_fvu": fidelity["mean_fvu"], "mean_l0": overall["l0"], "max_dead": fidelity["max_dead_fraction"],
             "loss_recovered_all": overall["loss_recovered"], "kl_all": overall["kl_spliced"],
@@ -111,9 +115,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, f in zip(names, figures.values()):
         fid, tr = f["fidelity"], f["training"]
-        print(f"| {name} | {tr['kind']} | {fid['n_features']} | {fid['mean_fvu']:.3f} | {fid['mean_l0']:.1f} | "
-              f"{fid['max_dead']:.3f} | {fid['loss_recovered_all']:.3f} | {fid['kl_all']:.3f} | {fid['top1_all']:.3f} | "
-              f"{tr['parameters'] / 1e6:.1f}M | {tr['train_seconds']:.0f} | {tr['seconds_per_step']:.2f} | {tr['jobs']} |")
+        quality = (f"{fid['n_features']} | {fid['mean_fvu']:.3f} | {fid['mean_l0']:.1f} | {fid['max_dead']:.3f} | "
+                   f"{fid['loss_recovered_all']:.3f} | {fid['kl_all']:.3f} | {fid['top1_all']:.3f}" if fid
+                   else "not evaluated | | | | | |")
+        print(f"| {name} | {tr['kind']} | {quality} | {tr['parameters'] / 1e6:.1f}M | {tr['train_seconds']:.0f} | "
+              f"{tr['seconds_per_step']:.2f} | {tr['jobs']} |")
 
 
 if __name__ == "__main__":

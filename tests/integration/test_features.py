@@ -17,7 +17,8 @@ from circuitflow.data import prepare_dataset
 from circuitflow.features import FeatureRequestError, cantor, collect_features, collect_neurons
 from circuitflow.features.ids import FEATURES_PER_FOLDER, feature_file, feature_files
 from circuitflow.features.render import logit_lens
-from circuitflow.features.statistics import TopSlots
+from circuitflow.features.sources import TranscoderSource
+from circuitflow.features.statistics import TopSlots, firing_events, topk_events
 from circuitflow.io import write_json
 from circuitflow.model import load_model, load_tokenizer, read_model_facts
 from circuitflow.transcoders import (
@@ -27,6 +28,7 @@ from circuitflow.transcoders import (
     save_transcoder,
     write_transcoder_set,
 )
+from circuitflow.transcoders.replacement import PerLayerTranscoders
 
 TOPK = TranscoderArchitecture(activation="topk", n_features=48, k=4, skip_connection=True)
 
@@ -76,6 +78,28 @@ def test_top_slots_keep_largest_per_group():
                 torch.tensor([9, 8, 7], dtype=torch.int32), torch.zeros(3, dtype=torch.int32), context)
     slots.flush()
     assert slots.keys.tolist() == [[5.0, 4.5], [7.0, 2.0]]
+
+
+def test_top_slots_keep_the_earlier_of_equal_keys():
+    slots = TopSlots(groups=1, slots=2, window=1)
+    context = lambda idx: torch.zeros(len(idx), 1, dtype=torch.float16)  # noqa: E731
+    for seq in range(4):  # one flush per offer: ties meet both in the slots and among pending entries
+        key = torch.tensor([2.0, 2.0]) if seq == 3 else torch.tensor([1.0 + seq % 2])
+        slots.offer(torch.zeros(len(key), dtype=torch.long), key, key, torch.full((len(key),), seq, dtype=torch.int32),
+                    torch.arange(len(key), dtype=torch.int32), context)
+        slots.flush()
+    assert slots.keys.tolist() == [[2.0, 2.0]] and slots.seq.tolist() == [[1, 3]] and slots.pos.tolist() == [[0, 0]]
+
+
+def test_topk_fast_path_matches_the_dense_activations(tiny_setup):
+    replacement = PerLayerTranscoders({1: load_transcoder(tiny_setup / "tc" / "layer_1.safetensors").eval()})
+    source = TranscoderSource(replacement, 1, "tiny")
+    x = torch.randn(3, 7, replacement.transcoders[1].d_model)
+    acts, top = source.encode_with_top(x)
+    assert top is not None and torch.equal(acts, source.encode(x))
+    acts[:, 0] = 0
+    for got, expected in zip(topk_events(*top, from_position=1), firing_events(acts)):
+        assert torch.equal(got, expected)
 
 
 def test_collect_features_schema_and_exact_values(tiny_setup, tiny_model_dir):

@@ -35,7 +35,7 @@ from circuitflow.data.dataset import read_windows, usable_positions
 from circuitflow.features.ids import feature_file
 from circuitflow.features.render import FeatureWriter, logit_lens
 from circuitflow.features.sources import FeatureRequestError, NeuronSource, TranscoderSource
-from circuitflow.features.statistics import LayerStats, update_layer
+from circuitflow.features.statistics import LayerStats, topk_events, update_layer
 from circuitflow.io import atomic_path, write_json
 from circuitflow.logs import Progress, pick_device
 from circuitflow.model.facts import read_model_facts
@@ -80,9 +80,11 @@ def collect(model_dir: str | Path, validation_split: str | Path, sources_for, ou
             captured = recorder.run(model, ids)
             forward_seconds += time.perf_counter() - began
             for layer, source in sources.items():
-                acts = source.encode(captured[layer].cpu())
+                acts, top = source.encode_with_top(captured[layer].cpu())
                 acts[:, 0] = 0  # BOS: circuit-tracer never attributes position 0
-                update_layer(stats[layer], acts, seqs[start:stop], domains[start:stop], settings, generator)
+                events = None if top is None else topk_events(*top, from_position=1)
+                update_layer(stats[layer], acts, seqs[start:stop], domains[start:stop], settings, generator,
+                             events)
             progress.update((stop - start) * positions)
     recorder.close()
     collect_seconds = progress.seconds

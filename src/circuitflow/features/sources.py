@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from circuitflow.model.hooks import HOOK_IN, hook_point
+from circuitflow.transcoders.replacement import PerLayerTranscoders
 
 
 class FeatureRequestError(ValueError):
@@ -26,6 +28,8 @@ class TranscoderSource:
         # A CLT feature writes to every layer from its own to the last; the logit lens reads
         # its write to the last layer.
         self.writes_to_layers = ([layer, replacement.n_layers - 1] if replacement.cross_layer else [layer, layer])
+        transcoder = replacement.transcoders[layer] if isinstance(replacement, PerLayerTranscoders) else None
+        self.topk_transcoder = transcoder if transcoder is not None and transcoder.activation == "topk" else None
 
     def hooked_module(self, block):
         return hook_point(block, self.input_hook)[0]
@@ -37,6 +41,18 @@ class TranscoderSource:
     @torch.no_grad()
     def encode(self, mlp_input: torch.Tensor) -> torch.Tensor:
         return self.replacement.encode(self.layer, mlp_input.float())
+
+    @torch.no_grad()
+    def encode_with_top(self, mlp_input: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+        """`encode(mlp_input)` and, for a per-layer TopK transcoder, the top-k (values, indices) it
+        scattered (which give the firing events without scanning the dense activations), else None."""
+        transcoder = self.topk_transcoder
+        if transcoder is None:
+            return self.encode(mlp_input), None
+        # the same operations as the transcoder's own ReluTopK, so the activations are identical
+        pre = transcoder.pre_activations(mlp_input.float())
+        values, indices = torch.topk(pre, transcoder.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, indices, F.relu(values)), (values, indices)
 
     def output_directions(self) -> torch.Tensor:
         return self.replacement.output_directions(self.layer).float()
@@ -74,6 +90,9 @@ class NeuronSource:
     @torch.no_grad()
     def encode(self, projection_input: torch.Tensor) -> torch.Tensor:
         return projection_input.float()[..., self.index]
+
+    def encode_with_top(self, projection_input: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.encode(projection_input), None
 
     def output_directions(self) -> torch.Tensor:
         return self.directions

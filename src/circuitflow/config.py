@@ -189,6 +189,7 @@ class TrainingSettings:
     log_every_s: float = knob("transcoder.log_every_s")
     jumprelu_training: str = knob("transcoder.jumprelu_training")
     ste_bandwidth: float = knob("transcoder.ste_bandwidth")
+    clt_sparsity: str = knob("transcoder.clt_sparsity")
     calibration_tokens: int = knob("transcoder.calibration_tokens")
     checkpoint_every: int = knob("transcoder.checkpoint_every")
     resample_every: int = knob("transcoder.resample_every")

@@ -34,10 +34,10 @@ CLT = TranscoderArchitecture(activation="jumprelu", n_features=64, k=6, skip_con
 SET_SETTINGS = WriteTranscoderSetSettings(layers=(0, 1), scan="tiny-clt", kind="clt")
 
 
-def _train(tmp, shards, steps=40):
+def _train(tmp, shards, steps=40, sparsity="per_layer"):
     settings = TrainCrossLayerTranscoderSettings(layers=(0, 1), architecture=CLT, training=TrainingSettings(
         steps=steps, batch_size=256, warmup_steps=4, eval_tokens=256, calibration_tokens=1024, device="cpu",
-        dead_tokens=3000))
+        dead_tokens=3000, clt_sparsity=sparsity))
     return train_cross_layer_transcoder(shard_paths=shards, out_dir=tmp, out_metrics=tmp / "clt.metrics.json",
                                         settings=settings)
 
@@ -64,6 +64,22 @@ def test_training_learns_cross_layer_writes(clt_set):
     cross = clt.W_dec[0][:, 1].detach().norm(dim=-1)  # layer 0's features' writes to layer 1: learned from zero
     assert float(cross.mean()) > 0.01
     assert clt.threshold.shape == (2, CLT.n_features) and bool((clt.threshold >= 0).all())
+
+
+def test_batch_topk_shares_the_features_between_layers(clt_set, tmp_path):
+    """BatchTopK training: k per layer and token on average, not in each layer; the saved CLT is
+    JumpReLU calibrated to those uneven rates."""
+    _, per_layer, shards, _ = clt_set
+    metrics = _train(tmp_path / "batch", shards, sparsity="batch")
+    as_trained = metrics["calibration"]["topk_before_calibration"]
+    assert as_trained["mean_l0"] == pytest.approx(CLT.k, abs=0.01)
+    l0 = [row["l0"] for row in as_trained["layers"]]
+    assert abs(l0[0] - l0[1]) > 0.5
+    assert metrics["calibration"]["topk_l0_on_calibration"] == pytest.approx(CLT.k, abs=0.01)
+    assert metrics["mean_l0"] <= 1.05 * CLT.k + 0.5
+    assert all(0 < row["fvu"] < 1 for row in metrics["layers"])
+    per_layer_l0 = [row["l0"] for row in per_layer["calibration"]["topk_before_calibration"]["layers"]]
+    assert per_layer_l0 == pytest.approx([CLT.k, CLT.k])
 
 
 def test_circuit_tracer_load_clt_reads_our_files(clt_set):

@@ -532,3 +532,36 @@ def test_resampling_restarts_silent_latents_on_badly_reconstructed_tokens():
         assert torch.equal(tc.W_enc[~silent], before[~silent])
     state = optimizer.state[tc.W_enc]
     assert (state["exp_avg"][[2, 7]] == 0).all() and (state["exp_avg"][[0, 1]] != 0).any()
+
+
+def test_batch_topk_keeps_the_batch_s_largest_pre_activations_over_all_layers():
+    """BatchTopK (clt_sparsity batch): exactly k x n_layers x tokens active, the largest
+    pre-activations of the whole batch, unevenly spread over layers and tokens, decoded as the
+    dense product would; per_layer keeps k of each layer per token."""
+    from circuitflow.transcoders.cross_layer import CrossLayerTranscoder
+    from circuitflow.transcoders.cross_layer_training import _trained_activations, sparse_forward
+
+    torch.manual_seed(0)
+    n_layers, d, tokens, k = 3, 8, 20, 4
+    clt = CrossLayerTranscoder(n_layers, d, arch("topk", n_features=16, k=k))
+    with torch.no_grad():
+        for p in clt.parameters():
+            p.normal_()
+        clt.W_enc[0].mul_(3)  # layer 0 reads louder: BatchTopK should give it more features
+    x = torch.randn(tokens, n_layers, d)
+    picked, y_hat = sparse_forward(clt, x, "batch")
+    pres = torch.stack([pre for pre, *_ in picked])
+    assert sum(len(acts) for _, _, acts, _ in picked) == k * n_layers * tokens
+    smallest_kept = min(float(acts.detach().min()) for _, _, acts, _ in picked)
+    largest_dropped = float(pres.flatten().sort(descending=True).values[k * n_layers * tokens])
+    assert smallest_kept > largest_dropped
+    per_layer = [len(acts) / tokens for _, _, acts, _ in picked]
+    assert per_layer[0] > k > min(per_layer)
+    dense = _trained_activations(clt, x, "batch")
+    expected = torch.stack([clt.decode(layer, dict(enumerate(dense))) for layer in range(n_layers)], 1)
+    torch.testing.assert_close(y_hat, expected, rtol=1e-4, atol=1e-4)
+    y_hat.pow(2).sum().backward()
+    assert clt.W_enc.grad.abs().sum() > 0 and all(w.grad is not None for w in clt.W_dec)
+
+    dense = _trained_activations(clt, x, "per_layer")
+    assert all(bool(((a > 0).sum(-1) <= k).all()) and int((a > 0).sum(-1).max()) == k for a in dense)

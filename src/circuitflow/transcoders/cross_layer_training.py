@@ -62,19 +62,33 @@ class _ShiftedSum(torch.autograd.Function):
         return grad.sum(0).view(ctx.bias_shape), *(grad[:, total - w:] for w in ctx.widths)
 
 
-def sparse_forward(model: CrossLayerTranscoder, x: torch.Tensor):
-    """TopK per layer, decoding only the active rows. Returns per-layer (pre, indices, acts) and
-    the prediction [B, n, d]."""
+def sparse_forward(model: CrossLayerTranscoder, x: torch.Tensor, sparsity: str = "per_layer"):
+    """TopK, decoding only the active rows: k features of each layer per token (`per_layer`), or
+    BatchTopK (`batch`): the batch's k x n_layers x tokens largest pre-activations over every
+    layer and token, so a layer or token that needs more features gets them. Returns per-layer
+    (pre, feature ids, acts, token rows: None for per_layer, where ids are [B, k]) and the
+    prediction [B, n, d]."""
     batch, n_layers, d = x.shape
     writes, picked = [], []
     # every layer's encoder in one batched product: indexing W_enc per layer would cost a
     # full-size zero gradient per layer in the backward pass
     pres = torch.baddbmm(model.b_enc[:, None], x.transpose(0, 1), model.W_enc.transpose(1, 2))
+    if sparsity == "batch":
+        kept = model.k * n_layers * batch
+        # the kept-th largest value: kthvalue counts from the smallest
+        threshold = pres.detach().flatten().kthvalue(pres.numel() - kept + 1).values
     for layer, (decoder, pre) in enumerate(zip(_flat_decoders(model), pres.unbind(0))):
-        values, indices = torch.topk(pre, model.k, dim=-1)
-        acts = F.relu(values)
-        writes.append(F.embedding_bag(indices, decoder, per_sample_weights=acts, mode="sum"))
-        picked.append((pre, indices, acts))
+        if sparsity == "batch":
+            rows, indices = ((pre >= threshold) & (pre > 0)).nonzero(as_tuple=True)
+            acts = pre[rows, indices]
+            offsets = torch.searchsorted(rows, torch.arange(batch, device=rows.device))
+            writes.append(F.embedding_bag(indices, decoder, offsets, per_sample_weights=acts, mode="sum"))
+        else:
+            values, indices = torch.topk(pre, model.k, dim=-1)
+            acts = F.relu(values)
+            writes.append(F.embedding_bag(indices, decoder, per_sample_weights=acts, mode="sum"))
+            rows = None
+        picked.append((pre, indices, acts, rows))
     return picked, _ShiftedSum.apply(model.b_dec, *writes).view(batch, n_layers, d)
 
 
@@ -89,7 +103,7 @@ def _auxk(model: CrossLayerTranscoder, picked, residual: torch.Tensor, dead: tor
     """AuxK per layer: the top dead latents of layer i reconstruct layer i's residual error
     through their own-layer decoder slice (the cheap part that revives them)."""
     losses = []
-    for layer, (pre, _, _) in enumerate(picked):
+    for layer, (pre, *_) in enumerate(picked):
         dead_ids = dead[layer].nonzero().squeeze(-1)
         k_aux = min(model.d_model // 2, dead_ids.numel())
         if k_aux == 0:
@@ -124,12 +138,13 @@ def _init_from_data(model: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tenso
 
 
 @torch.no_grad()
-def _resample(model: CrossLayerTranscoder, optimizer, x, y, silent: torch.Tensor, generator) -> int:
+def _resample(model: CrossLayerTranscoder, optimizer, x, y, silent: torch.Tensor, generator,
+              sparsity: str = "per_layer") -> int:
     """Restart each layer's silent latents on that layer's worst-reconstructed tokens, as the
     per-layer `resample_dead_latents` does: the decoder writes the token's error at its own layer."""
-    picked, y_hat = sparse_forward(model, x)
+    picked, y_hat = sparse_forward(model, x, sparsity)
     restarted = 0
-    for layer, (pre, _, _) in enumerate(picked):
+    for layer, (pre, *_) in enumerate(picked):
         ids = silent[layer].nonzero().squeeze(-1)
         if ids.numel() == 0:
             continue
@@ -173,30 +188,43 @@ def _decode_sparse(model: CrossLayerTranscoder, acts: list[torch.Tensor]) -> tor
     return out.view(batch, model.n_layers, -1)
 
 
+def _trained_activations(model: CrossLayerTranscoder, x: torch.Tensor, sparsity: str) -> list[torch.Tensor]:
+    """Each layer's dense activations [N, F] as training picks them (TopK or BatchTopK)."""
+    picked, _ = sparse_forward(model, x, sparsity)
+    dense = []
+    for pre, indices, acts, rows in picked:
+        if rows is None:
+            dense.append(torch.zeros_like(pre).scatter(-1, indices, acts))
+        else:
+            dense.append(torch.zeros_like(pre).index_put((rows, indices), acts))
+    return dense
+
+
 @torch.no_grad()
 def calibrate_cross_layer_thresholds(model: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor,
-                                     chunk: int = 1024) -> dict:
+                                     chunk: int = 1024, sparsity: str = "per_layer", batch_size: int = 1024) -> dict:
     """JumpReLU thresholds for a TopK-trained CLT from calibration tokens (x, y: [N, n, d]): per
     layer the firing-rate-keeping `base_thresholds`, then one common factor from
-    `THRESHOLD_SCALES` (`best_factor`: the lowest mean FVU whose mean L0 stays near TopK's)."""
+    `THRESHOLD_SCALES` (`best_factor`: the lowest mean FVU whose mean L0 stays near TopK's).
+    Firing counts come from `sparse_forward` over batches of `batch_size` tokens (BatchTopK's
+    threshold is per batch: give it the training batch size); the search decodes `chunk` at a time."""
     n = x.shape[0]
-    base, counts = [], []
-    for layer in model.layers:
-        pre = model.pre_activations(layer, x[:, layer])
-        values, indices = torch.topk(pre, model.k, dim=-1)
-        counts.append(topk_counts(indices, F.relu(values), model.n_features))
-        base.append(base_thresholds(pre, counts[-1]))
-    base, counts = torch.stack(base), torch.stack(counts)
+    counts = torch.zeros(model.n_layers, model.n_features, dtype=torch.long, device=x.device)
+    topk_error = torch.zeros(model.n_layers, dtype=torch.float64, device=x.device)
+    for start in range(0, n, batch_size):
+        picked, _ = sparse_forward(model, x[start:start + batch_size], sparsity)
+        for layer, (_, indices, acts, _) in enumerate(picked):
+            counts[layer] += topk_counts(indices, acts, model.n_features)
+    base = torch.stack([base_thresholds(model.pre_activations(layer, x[:, layer]), counts[layer])
+                        for layer in model.layers])
     topk_l0 = float(counts.sum()) / n / model.n_layers
     thresholds = {factor: torch.where(counts == 0, base, base * factor) for factor in THRESHOLD_SCALES}
     sums = {factor: {"error": torch.zeros(model.n_layers, dtype=torch.float64, device=x.device), "active": 0.0}
             for factor in THRESHOLD_SCALES}
-    topk_error = torch.zeros(model.n_layers, dtype=torch.float64, device=x.device)
     for start in range(0, n, chunk):
         xs, ys = x[start:start + chunk], y[start:start + chunk]
         pres = [model.pre_activations(layer, xs[:, layer]) for layer in model.layers]
-        _, y_topk = sparse_forward(model, xs)
-        topk_error += (ys - y_topk).double().pow(2).sum((0, 2))
+        topk_error += (ys - sparse_forward(model, xs, sparsity)[1]).double().pow(2).sum((0, 2))
         for factor, threshold in thresholds.items():
             acts = [pre * (pre > threshold[layer]) for layer, pre in enumerate(pres)]
             sums[factor]["active"] += float(sum((a > 0).sum() for a in acts))
@@ -213,16 +241,14 @@ def calibrate_cross_layer_thresholds(model: CrossLayerTranscoder, x: torch.Tenso
 
 
 @torch.no_grad()
-def evaluate_cross_layer(model: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, topk: bool = False) -> dict:
-    """Per-layer FVU, L0 and never-fired share on held-out tokens (`topk`: as trained)."""
-    acts = {}
-    for layer in model.layers:
-        pre = model.pre_activations(layer, x[:, layer])
-        if topk:
-            values, indices = torch.topk(pre, model.k, dim=-1)
-            acts[layer] = torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
-        else:
-            acts[layer] = model.activate(layer, pre)
+def evaluate_cross_layer(model: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, topk: bool = False,
+                         sparsity: str = "per_layer") -> dict:
+    """Per-layer FVU, L0 and never-fired share on held-out tokens (`topk`: as trained, with
+    `sparsity`)."""
+    if topk:
+        acts = dict(enumerate(_trained_activations(model, x, sparsity)))
+    else:
+        acts = {layer: model.activate(layer, model.pre_activations(layer, x[:, layer])) for layer in model.layers}
     layers = []
     for layer in model.layers:
         y_hat = model.decode(layer, acts)
@@ -279,7 +305,10 @@ class CrossLayerKind:
         self.checkpoint_path = out_dir / "checkpoints" / "clt.pt"
         self.saved = None
 
-    init, resample = staticmethod(_init_from_data), staticmethod(_resample)
+    init = staticmethod(_init_from_data)
+
+    def resample(self, model: CrossLayerTranscoder, optimizer, x, y, silent, generator) -> int:
+        return _resample(model, optimizer, x, y, silent, generator, self.settings.clt_sparsity)
 
     def batches(self) -> LockstepBatches:
         return LockstepBatches(self.shards, self.settings, [self.settings.seed, 999])
@@ -298,10 +327,10 @@ class CrossLayerKind:
         return tuple(torch.tensor([centred_rms(t[:, i]) for i in range(self.n_layers)])[:, None] for t in (x, y))
 
     def loss(self, model: CrossLayerTranscoder, x, y, tokens_since_fired):
-        picked, y_hat = sparse_forward(model, x)
+        picked, y_hat = sparse_forward(model, x, self.settings.clt_sparsity)
         loss_fvu = _mean_fvu(y, y_hat)
         fired = torch.zeros_like(tokens_since_fired, dtype=torch.bool)
-        for layer, (_, indices, acts) in enumerate(picked):
+        for layer, (_, indices, acts, _) in enumerate(picked):
             fired[layer, indices[acts > 0]] = True
         dead = tokens_since_fired >= self.settings.dead_tokens
         alpha = self.settings.auxk_alpha
@@ -317,7 +346,8 @@ class CrossLayerKind:
     def calibrate(self, model: CrossLayerTranscoder, tokens) -> dict:
         self.saved = CrossLayerTranscoder(self.n_layers, self.d_model, self.architecture).to(model.b_dec.device)
         self.saved.load_state_dict(model.state_dict(), strict=False)  # the same weights, plus thresholds
-        return calibrate_cross_layer_thresholds(self.saved, *tokens())
+        return calibrate_cross_layer_thresholds(self.saved, *tokens(), sparsity=self.settings.clt_sparsity,
+                                                batch_size=self.settings.batch_size)
 
     def fold_scales(self, model: CrossLayerTranscoder, scale_x: torch.Tensor, scale_y: torch.Tensor) -> None:
         device = model.b_dec.device
@@ -325,7 +355,9 @@ class CrossLayerKind:
             _fold_scales(each, scale_x[:, 0].to(device), scale_y[:, 0].to(device))
 
     def evaluate(self, model: CrossLayerTranscoder, x, y, as_trained: bool = False) -> dict:
-        return evaluate_cross_layer(model, x, y, topk=True) if as_trained else evaluate_cross_layer(self.saved, x, y)
+        if as_trained:
+            return evaluate_cross_layer(model, x, y, topk=True, sparsity=self.settings.clt_sparsity)
+        return evaluate_cross_layer(self.saved, x, y)
 
     def metrics(self, model: CrossLayerTranscoder, eval_x, eval_y, calibration: dict, tokens_since_fired) -> dict:
         held_out = self.evaluate(model, eval_x, eval_y)

@@ -41,7 +41,7 @@ from circuitflow.transcoders import train_cross_layer_transcoder, train_transcod
 
 LAYERS, D_MODEL, TOKENS = (0, 1, 2), 32, 4000
 NOT_DETERMINISTIC = {"peak_rss_gb", "clt_id"}
-ADDED_SETTINGS = {"clt_sparsity"}  # settings added since; absent from older metrics, default when present
+ADDED_SETTINGS = {"clt_sparsity": "per_layer", "clt_layer_weight_exponent": 0}  # added since: absent from older metrics
 # straight-through latents fall silent later than TopK's: restart them more often, so that it happens here
 STE = dict(activation="jumprelu", jumprelu_training="ste", resample_every=5)
 TRAINING = dict(steps=60, batch_size=128, lr=1e-2, warmup_steps=5, eval_tokens=256, calibration_tokens=512,
@@ -130,7 +130,7 @@ def strip(value):
     value = drop_timings(value)
     if isinstance(value, dict):
         return {k: strip(v) for k, v in value.items()
-                if k not in NOT_DETERMINISTIC and not (k in ADDED_SETTINGS and v == "per_layer")}
+                if k not in NOT_DETERMINISTIC and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
     if isinstance(value, list):
         return [strip(v) for v in value]
     return value

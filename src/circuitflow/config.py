@@ -190,6 +190,7 @@ class TrainingSettings:
     jumprelu_training: str = knob("transcoder.jumprelu_training")
     ste_bandwidth: float = knob("transcoder.ste_bandwidth")
     clt_sparsity: str = knob("transcoder.clt_sparsity")
+    clt_layer_weight_exponent: float = knob("transcoder.clt_layer_weight_exponent")
     calibration_tokens: int = knob("transcoder.calibration_tokens")
     checkpoint_every: int = knob("transcoder.checkpoint_every")
     resample_every: int = knob("transcoder.resample_every")

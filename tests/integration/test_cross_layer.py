@@ -34,10 +34,10 @@ CLT = TranscoderArchitecture(activation="jumprelu", n_features=64, k=6, skip_con
 SET_SETTINGS = WriteTranscoderSetSettings(layers=(0, 1), scan="tiny-clt", kind="clt")
 
 
-def _train(tmp, shards, steps=40, sparsity="per_layer"):
+def _train(tmp, shards, steps=40, sparsity="per_layer", exponent=0):
     settings = TrainCrossLayerTranscoderSettings(layers=(0, 1), architecture=CLT, training=TrainingSettings(
         steps=steps, batch_size=256, warmup_steps=4, eval_tokens=256, calibration_tokens=1024, device="cpu",
-        dead_tokens=3000, clt_sparsity=sparsity))
+        dead_tokens=3000, clt_sparsity=sparsity, clt_layer_weight_exponent=exponent))
     return train_cross_layer_transcoder(shard_paths=shards, out_dir=tmp, out_metrics=tmp / "clt.metrics.json",
                                         settings=settings)
 
@@ -67,10 +67,10 @@ def test_training_learns_cross_layer_writes(clt_set):
 
 
 def test_batch_topk_shares_the_features_between_layers(clt_set, tmp_path):
-    """BatchTopK training: k per layer and token on average, not in each layer; the saved CLT is
-    JumpReLU calibrated to those uneven rates."""
+    """BatchTopK training (here with the loss weighted toward layer 0): k per layer and token on
+    average, not in each layer; the saved CLT is JumpReLU calibrated to those uneven rates."""
     _, per_layer, shards, _ = clt_set
-    metrics = _train(tmp_path / "batch", shards, sparsity="batch")
+    metrics = _train(tmp_path / "batch", shards, sparsity="batch", exponent=1.0)
     as_trained = metrics["calibration"]["topk_before_calibration"]
     assert as_trained["mean_l0"] == pytest.approx(CLT.k, abs=0.01)
     l0 = [row["l0"] for row in as_trained["layers"]]

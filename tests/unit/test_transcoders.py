@@ -550,7 +550,7 @@ def test_batch_topk_keeps_the_batch_s_largest_pre_activations_over_all_layers():
         clt.W_enc[0].mul_(3)  # layer 0 reads louder: BatchTopK should give it more features
     x = torch.randn(tokens, n_layers, d)
     picked, y_hat = sparse_forward(clt, x, "batch")
-    pres = torch.stack([pre for pre, *_ in picked])
+    pres = torch.stack([pre.detach() for pre, *_ in picked])
     assert sum(len(acts) for _, _, acts, _ in picked) == k * n_layers * tokens
     smallest_kept = min(float(acts.detach().min()) for _, _, acts, _ in picked)
     largest_dropped = float(pres.flatten().sort(descending=True).values[k * n_layers * tokens])
@@ -565,3 +565,13 @@ def test_batch_topk_keeps_the_batch_s_largest_pre_activations_over_all_layers():
 
     dense = _trained_activations(clt, x, "per_layer")
     assert all(bool(((a > 0).sum(-1) <= k).all()) and int((a > 0).sum(-1).max()) == k for a in dense)
+
+
+def test_layer_loss_weights_lean_toward_the_early_layers():
+    from circuitflow.transcoders.cross_layer_training import layer_loss_weights
+
+    assert layer_loss_weights(30, 0) is None
+    weights = layer_loss_weights(30, 0.5)
+    assert float(weights.mean()) == pytest.approx(1.0)
+    assert bool((weights[:-1] > weights[1:]).all())
+    assert float(weights[0] / weights[3]) == pytest.approx(2.0)  # (1 / 4) ** -0.5

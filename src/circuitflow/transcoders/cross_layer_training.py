@@ -3,7 +3,8 @@
 (`circuitflow.transcoders.trainer`); this module is the cross-layer kind (`CrossLayerKind`).
 
 The recipe is the per-layer one (`circuitflow.transcoders.training`) lifted to layers: TopK per
-layer (k features of each layer per token), loss = the mean over layers of each layer's FVU,
+layer (k features of each layer per token) or BatchTopK across layers, loss = the mean over layers
+of each layer's FVU (optionally weighted toward the early layers),
 inputs and outputs at unit RMS per layer, Adam with warmup and linear decay. Each feature's
 decoder — its writes to layers i..n-1, taken together — is kept at unit norm. Features start as a
 per-layer transcoder's (encoder = a token's input direction, decoder = its output direction at
@@ -92,11 +93,21 @@ def sparse_forward(model: CrossLayerTranscoder, x: torch.Tensor, sparsity: str =
     return picked, _ShiftedSum.apply(model.b_dec, *writes).view(batch, n_layers, d)
 
 
-def _mean_fvu(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
-    """The mean over layers of each layer's FVU ([B, n, d] tensors, vectorised)."""
+def _layer_fvus(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+    """Each layer's FVU [n] ([B, n, d] tensors, vectorised)."""
     error = (y - y_hat).pow(2).sum((0, 2))
     variance = (y - y.mean(0)).pow(2).sum((0, 2)).clamp_min(1e-12)
-    return (error / variance).mean()
+    return error / variance
+
+
+def layer_loss_weights(n_layers: int, exponent: float) -> torch.Tensor | None:
+    """Output layer j's weight in the loss, proportional to (j + 1) ** -exponent, with mean 1
+    (None for 0: the plain mean). Layer j's output can only be written by the features of layers
+    0..j, so the early layers have the fewest features to share and the most downstream reach."""
+    if exponent == 0:
+        return None
+    weights = torch.arange(1, n_layers + 1, dtype=torch.float32) ** -exponent
+    return weights / weights.mean()
 
 
 def _auxk(model: CrossLayerTranscoder, picked, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
@@ -304,6 +315,7 @@ class CrossLayerKind:
         self.feature_shape = (self.n_layers, architecture.n_features)
         self.checkpoint_path = out_dir / "checkpoints" / "clt.pt"
         self.saved = None
+        self.loss_weights = layer_loss_weights(self.n_layers, settings.clt_layer_weight_exponent)
 
     init = staticmethod(_init_from_data)
 
@@ -328,14 +340,16 @@ class CrossLayerKind:
 
     def loss(self, model: CrossLayerTranscoder, x, y, tokens_since_fired):
         picked, y_hat = sparse_forward(model, x, self.settings.clt_sparsity)
-        loss_fvu = _mean_fvu(y, y_hat)
+        fvus = _layer_fvus(y, y_hat)
+        loss_fvu = fvus.mean()
+        objective = loss_fvu if self.loss_weights is None else (fvus * self.loss_weights.to(fvus.device)).mean()
         fired = torch.zeros_like(tokens_since_fired, dtype=torch.bool)
         for layer, (_, indices, acts, _) in enumerate(picked):
             fired[layer, indices[acts > 0]] = True
         dead = tokens_since_fired >= self.settings.dead_tokens
         alpha = self.settings.auxk_alpha
         aux = _auxk(model, picked, (y - y_hat).detach(), dead) if alpha else loss_fvu.new_zeros(())
-        return loss_fvu, aux, loss_fvu + alpha * aux, fired
+        return loss_fvu, aux, objective + alpha * aux, fired
 
     def constrain_gradients(self, model: CrossLayerTranscoder) -> None:
         _constrain_decoders(model, gradients=True)

@@ -575,3 +575,34 @@ def test_layer_loss_weights_lean_toward_the_early_layers():
     assert float(weights.mean()) == pytest.approx(1.0)
     assert bool((weights[:-1] > weights[1:]).all())
     assert float(weights[0] / weights[3]) == pytest.approx(2.0)  # (1 / 4) ** -0.5
+
+
+def test_cross_layer_loss_optimises_the_weighted_fvus_and_reports_the_plain_mean(tmp_path):
+    """clt_layer_weight_exponent reaches the objective the optimizer sees; the reported loss_fvu
+    stays the plain mean over layers (so runs with different exponents compare)."""
+    from types import SimpleNamespace
+
+    from circuitflow.transcoders.cross_layer import CrossLayerTranscoder
+    from circuitflow.transcoders.cross_layer_training import CrossLayerKind, _layer_fvus, layer_loss_weights, sparse_forward
+
+    torch.manual_seed(0)
+    n_layers, d, tokens = 3, 8, 64
+    architecture = arch("topk", n_features=16, k=4)
+    model = CrossLayerTranscoder(n_layers, d, architecture)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    x, y = torch.randn(tokens, n_layers, d), torch.randn(tokens, n_layers, d)
+    shards = [SimpleNamespace(d_model=d)] * n_layers  # the kind reads only their number and width here
+    never_dead = torch.zeros(n_layers, 16)
+    results = {}
+    for exponent in (0.0, 2.0):
+        settings = TrainingSettings(clt_layer_weight_exponent=exponent, auxk_alpha=0.0)
+        kind = CrossLayerKind(shards, architecture, settings, tmp_path, tmp_path / "m.json")
+        loss_fvu, _, objective, _ = kind.loss(model, x, y, never_dead)
+        results[exponent] = float(loss_fvu.detach()), float(objective.detach())
+    assert results[0.0][0] == pytest.approx(results[2.0][0])  # the same plain mean either way
+    assert results[0.0][1] == pytest.approx(results[0.0][0])
+    fvus = _layer_fvus(y, sparse_forward(model, x)[1]).detach()
+    assert results[2.0][1] == pytest.approx(float((fvus * layer_loss_weights(n_layers, 2.0)).mean()))
+    assert results[2.0][1] != pytest.approx(results[2.0][0])

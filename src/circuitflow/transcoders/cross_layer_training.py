@@ -199,16 +199,20 @@ def _decode_sparse(model: CrossLayerTranscoder, acts: list[torch.Tensor]) -> tor
     return out.view(batch, model.n_layers, -1)
 
 
-def _trained_activations(model: CrossLayerTranscoder, x: torch.Tensor, sparsity: str) -> list[torch.Tensor]:
-    """Each layer's dense activations [N, F] as training picks them (TopK or BatchTopK)."""
-    picked, _ = sparse_forward(model, x, sparsity)
-    dense = []
-    for pre, indices, acts, rows in picked:
-        if rows is None:
-            dense.append(torch.zeros_like(pre).scatter(-1, indices, acts))
-        else:
-            dense.append(torch.zeros_like(pre).index_put((rows, indices), acts))
-    return dense
+def _trained_activations(model: CrossLayerTranscoder, x: torch.Tensor, sparsity: str,
+                         batch_size: int | None = None) -> list[torch.Tensor]:
+    """Each layer's dense activations [N, F] as training picks them (TopK, or BatchTopK over
+    batches of `batch_size` tokens: its threshold is per batch)."""
+    step = batch_size or x.shape[0]
+    dense = [[] for _ in model.layers]
+    for start in range(0, x.shape[0], step):
+        picked, _ = sparse_forward(model, x[start:start + step], sparsity)
+        for layer, (pre, indices, acts, rows) in enumerate(picked):
+            if rows is None:
+                dense[layer].append(torch.zeros_like(pre).scatter(-1, indices, acts))
+            else:
+                dense[layer].append(torch.zeros_like(pre).index_put((rows, indices), acts))
+    return [torch.cat(parts) for parts in dense]
 
 
 @torch.no_grad()
@@ -223,7 +227,8 @@ def calibrate_cross_layer_thresholds(model: CrossLayerTranscoder, x: torch.Tenso
     counts = torch.zeros(model.n_layers, model.n_features, dtype=torch.long, device=x.device)
     topk_error = torch.zeros(model.n_layers, dtype=torch.float64, device=x.device)
     for start in range(0, n, batch_size):
-        picked, _ = sparse_forward(model, x[start:start + batch_size], sparsity)
+        picked, y_topk = sparse_forward(model, x[start:start + batch_size], sparsity)
+        topk_error += (y[start:start + batch_size] - y_topk).double().pow(2).sum((0, 2))
         for layer, (_, indices, acts, _) in enumerate(picked):
             counts[layer] += topk_counts(indices, acts, model.n_features)
     base = torch.stack([base_thresholds(model.pre_activations(layer, x[:, layer]), counts[layer])
@@ -235,7 +240,6 @@ def calibrate_cross_layer_thresholds(model: CrossLayerTranscoder, x: torch.Tenso
     for start in range(0, n, chunk):
         xs, ys = x[start:start + chunk], y[start:start + chunk]
         pres = [model.pre_activations(layer, xs[:, layer]) for layer in model.layers]
-        topk_error += (ys - sparse_forward(model, xs, sparsity)[1]).double().pow(2).sum((0, 2))
         for factor, threshold in thresholds.items():
             acts = [pre * (pre > threshold[layer]) for layer, pre in enumerate(pres)]
             sums[factor]["active"] += float(sum((a > 0).sum() for a in acts))
@@ -253,11 +257,11 @@ def calibrate_cross_layer_thresholds(model: CrossLayerTranscoder, x: torch.Tenso
 
 @torch.no_grad()
 def evaluate_cross_layer(model: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, topk: bool = False,
-                         sparsity: str = "per_layer") -> dict:
+                         sparsity: str = "per_layer", batch_size: int | None = None) -> dict:
     """Per-layer FVU, L0 and never-fired share on held-out tokens (`topk`: as trained, with
-    `sparsity`)."""
+    `sparsity` over batches of `batch_size`)."""
     if topk:
-        acts = dict(enumerate(_trained_activations(model, x, sparsity)))
+        acts = dict(enumerate(_trained_activations(model, x, sparsity, batch_size)))
     else:
         acts = {layer: model.activate(layer, model.pre_activations(layer, x[:, layer])) for layer in model.layers}
     layers = []
@@ -370,7 +374,8 @@ class CrossLayerKind:
 
     def evaluate(self, model: CrossLayerTranscoder, x, y, as_trained: bool = False) -> dict:
         if as_trained:
-            return evaluate_cross_layer(model, x, y, topk=True, sparsity=self.settings.clt_sparsity)
+            return evaluate_cross_layer(model, x, y, topk=True, sparsity=self.settings.clt_sparsity,
+                                        batch_size=self.settings.batch_size)
         return evaluate_cross_layer(self.saved, x, y)
 
     def metrics(self, model: CrossLayerTranscoder, eval_x, eval_y, calibration: dict, tokens_since_fired) -> dict:
